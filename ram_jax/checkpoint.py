@@ -1,0 +1,121 @@
+"""Run state on disk: orbax checkpoints for resuming, and small atomic files for results.
+
+A workdir holds:
+  config.json          the run's configuration
+  checkpoints/<epoch>/ orbax checkpoints of the full training state (written atomically by orbax)
+  best_params.msgpack  parameters of the epoch with the lowest validation error
+  metrics.jsonl        one JSON line of metrics per finished epoch
+  results.json         the final report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import flax.serialization
+import orbax.checkpoint as ocp
+
+__all__ = [
+    "CheckpointStore",
+    "append_jsonl",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_params",
+    "read_jsonl",
+    "save_params",
+]
+
+BEST_PARAMS = "best_params.msgpack"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_params(workdir: str | os.PathLike, params: Any, name: str = BEST_PARAMS) -> None:
+    atomic_write_bytes(pathlib.Path(workdir) / name, flax.serialization.to_bytes(params))
+
+
+def load_params(workdir: str | os.PathLike, target: Any, name: str = BEST_PARAMS) -> Any:
+    """Parameters saved by ``save_params``, restored into the structure of ``target``."""
+    path = pathlib.Path(workdir) / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no trained parameters at {path}: train first with "
+            f"python -m experiments.train --workdir={workdir}"
+        )
+    try:
+        return flax.serialization.from_bytes(target, path.read_bytes())
+    except Exception as e:
+        raise ValueError(
+            f"{path} does not hold parameters for this model (was config.json changed?): {e}"
+        ) from e
+
+
+class CheckpointStore:
+    """Orbax checkpoints of ``(state, meta)`` keyed by epoch; keeps the newest few."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        self._manager = ocp.CheckpointManager(
+            pathlib.Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            ),
+        )
+
+    def latest_epoch(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        restored = self._manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.meta
+
+    def close(self) -> None:
+        self._manager.close()

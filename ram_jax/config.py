@@ -1,0 +1,139 @@
+"""The training configuration: every field, its default, and validation with clear errors.
+
+Experiment files under ``experiments/configs/`` start from ``default_config()`` and change a few
+fields; ``validate_config`` rejects unknown fields (a typo must not be silently ignored) and
+values that cannot work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from ram_jax.networks import CORES
+
+__all__ = ["TASKS", "default_config", "validate_config"]
+
+TASKS = ("mnist28",)
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+DATA_BACKENDS = ("auto", "tfds", "numpy")
+
+# Fields that may change between a run and its resumption without changing its results.
+RESUMABLE_CHANGES = frozenset(
+    {"data_dir", "tfds_data_dir", "data_backend", "eval_batch_size", "steps_per_dispatch"}
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults (the 28x28 MNIST setting of the paper)."""
+    c = ml_collections.ConfigDict()
+    # Data.
+    c.task = "mnist28"
+    c.data_dir = config_dict.placeholder(str)  # else $RAM_JAX_MNIST_DIR, else ~/.cache/ram_jax
+    c.tfds_data_dir = config_dict.placeholder(str)  # where TFDS writes array_record files
+    c.data_backend = "auto"  # "tfds", "numpy" (plain IDX reader), or "auto"
+    c.validation_size = 10_000  # carved from the end of the training set
+    c.train_subset = 0  # > 0: train on the first N training images only (tests, smoke runs)
+    c.seed = 0
+    # Retina and networks (paper section 4).
+    c.num_glimpses = 6
+    c.glimpse_size = 8
+    c.glimpse_scales = 1
+    c.glimpse_factor = 2
+    c.patch_hidden = 128
+    c.location_hidden = 128
+    c.glimpse_features = 256
+    c.core = "rnn"  # "rnn" (the paper's ReLU RNN) or "lstm"
+    c.core_hidden = 256
+    c.num_classes = 10
+    # Location policy and loss.
+    c.loc_std = 0.1
+    c.random_first_glimpse = True  # False: training episodes start at the centre too
+    c.reinforce_through_core = False  # True: REINFORCE also trains core and glimpse nets
+    c.classification_weight = 1.0
+    c.reinforce_weight = 1.0
+    c.baseline_weight = 1.0
+    # Optimisation.
+    c.optimizer = "adam"  # or "sgd" (with momentum)
+    c.learning_rate = 1e-3
+    c.momentum = 0.9  # sgd only
+    c.lr_schedule = "cosine"  # or "constant"
+    c.warmup_epochs = 1
+    c.clip_norm = 5.0  # global gradient norm; 0 disables clipping
+    c.batch_size = 64
+    c.num_epochs = 120
+    c.steps_per_dispatch = 0  # training steps per jitted call; 0 = one epoch
+    # Evaluation.
+    c.eval_batch_size = 1000
+    c.mc_samples = 10
+    return c
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid config: {message}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming every unknown field, or the first bad value."""
+    known = set(default_config().keys())
+    unknown = sorted(set(config.keys()) - known)
+    _check(not unknown, f"unknown field(s) {unknown}; known fields: {sorted(known)}")
+    missing = sorted(known - set(config.keys()))
+    _check(not missing, f"missing field(s) {missing}")
+
+    def positive_int(name: str, allow_zero: bool = False) -> None:
+        value = config[name]
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and (value >= 0 if allow_zero else value > 0)
+        _check(
+            ok,
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
+            f"got {value!r}",
+        )
+
+    def one_of(name: str, allowed: tuple[str, ...]) -> None:
+        _check(config[name] in allowed, f"{name} must be one of {allowed}, got {config[name]!r}")
+
+    one_of("task", TASKS)
+    one_of("data_backend", DATA_BACKENDS)
+    one_of("core", CORES)
+    one_of("optimizer", OPTIMIZERS)
+    one_of("lr_schedule", SCHEDULES)
+    for name in (
+        "num_glimpses",
+        "glimpse_size",
+        "glimpse_scales",
+        "glimpse_factor",
+        "patch_hidden",
+        "location_hidden",
+        "glimpse_features",
+        "core_hidden",
+        "num_classes",
+        "batch_size",
+        "num_epochs",
+        "eval_batch_size",
+        "mc_samples",
+    ):
+        positive_int(name)
+    for name in ("validation_size", "train_subset", "steps_per_dispatch", "warmup_epochs", "seed"):
+        positive_int(name, allow_zero=True)
+    _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
+    _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
+    _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
+    _check(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")
+    _check(
+        config.warmup_epochs < config.num_epochs,
+        f"warmup_epochs ({config.warmup_epochs}) must be < num_epochs ({config.num_epochs})",
+    )
+    for name in ("classification_weight", "reinforce_weight", "baseline_weight"):
+        _check(config[name] >= 0, f"{name} must be >= 0, got {config[name]}")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Fields whose values differ in a way that would change a resumed run's results."""
+    keys = (set(old) | set(new)) - RESUMABLE_CHANGES
+    return sorted(k for k in keys if old.get(k) != new.get(k))

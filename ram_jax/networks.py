@@ -1,0 +1,157 @@
+"""Flax (Linen) networks of the Recurrent Attention Model (Mnih et al., 2014, section 4).
+
+Parameters live in a plain pytree (``variables = model.init(...)``) and every network is used
+through ``model.apply(variables, ..., method=...)``, so the rollout stays a pure function of
+``(params, images, key)``. Which parameters each loss reaches is decided by the rollout (where it
+places ``stop_gradient``), not here.
+
+Shapes: ``B`` batch, ``S`` scales, ``g`` glimpse side, ``C`` channels, ``H`` core units.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "CORES",
+    "RAM",
+    "ActionNetwork",
+    "BaselineNetwork",
+    "CoreState",
+    "GlimpseNetwork",
+    "LSTMCore",
+    "LocationNetwork",
+    "RNNCore",
+    "initial_core_state",
+]
+
+# A core's recurrent state: ``(h,)`` for the ReLU RNN, ``(c, h)`` for the LSTM. The hidden
+# output ``h`` is always the last entry so the heads read it the same way for every core.
+CoreState = tuple[jax.Array, ...]
+CORES = ("rnn", "lstm")
+
+
+def initial_core_state(core: str, batch_size: int, hidden: int) -> CoreState:
+    """Zero state f32[B, H] (one array for ``rnn``, two for ``lstm``)."""
+    if core not in CORES:
+        raise ValueError(f"unknown core {core!r}; expected one of {CORES}")
+    zeros = jnp.zeros((batch_size, hidden), jnp.float32)
+    return (zeros,) if core == "rnn" else (zeros, zeros)
+
+
+class GlimpseNetwork(nn.Module):
+    """g = ReLU(Linear(h_g) + Linear(h_l)), h_g = ReLU(Linear(rho)), h_l = ReLU(Linear(l))."""
+
+    patch_hidden: int = 128
+    location_hidden: int = 128
+    features: int = 256
+
+    @nn.compact
+    def __call__(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
+        """patches: f32[B, S, g, g, C]; loc: f32[B, 2] -> f32[B, features]."""
+        h_g = nn.relu(nn.Dense(self.patch_hidden, name="patch")(patches.reshape(len(patches), -1)))
+        h_l = nn.relu(nn.Dense(self.location_hidden, name="where")(loc))
+        what = nn.Dense(self.features, name="what_out")(h_g)
+        where = nn.Dense(self.features, use_bias=False, name="where_out")(h_l)
+        return nn.relu(what + where)
+
+
+class RNNCore(nn.Module):
+    """The paper's core: h_t = ReLU(Linear(h_{t-1}) + Linear(g_t))."""
+
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
+        (h,) = state
+        h = nn.relu(
+            nn.Dense(self.hidden, use_bias=False, name="recurrent")(h)
+            + nn.Dense(self.hidden, name="input")(g)
+        )
+        return (h,), h
+
+
+class LSTMCore(nn.Module):
+    """An LSTM core (the paper's choice for Catch)."""
+
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
+        (c, h), out = nn.OptimizedLSTMCell(self.hidden, name="lstm")(state, g)
+        return (c, h), out
+
+
+class LocationNetwork(nn.Module):
+    """Mean of the location policy: tanh(Linear(h)) in [-1, 1]^2, as (y, x)."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return jnp.tanh(nn.Dense(2, name="mean")(h))
+
+
+class ActionNetwork(nn.Module):
+    """Linear softmax classifier on the final hidden state; returns logits f32[B, K]."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return nn.Dense(self.num_classes, name="logits")(h)
+
+
+class BaselineNetwork(nn.Module):
+    """The learned baseline b_t = Linear(h_t), an estimate of the expected reward; f32[B]."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return nn.Dense(1, name="value")(h)[..., 0]
+
+
+class RAM(nn.Module):
+    """The five networks of RAM behind one parameter tree.
+
+    Use ``step`` for one glimpse, then the heads ``location_mean``, ``baseline`` and ``classify``
+    on the hidden state it returns. ``__call__`` runs each once and exists to build parameters.
+    """
+
+    num_classes: int = 10
+    patch_hidden: int = 128
+    location_hidden: int = 128
+    glimpse_features: int = 256
+    core: str = "rnn"
+    core_hidden: int = 256
+
+    def setup(self) -> None:
+        if self.core not in CORES:
+            raise ValueError(f"unknown core {self.core!r}; expected one of {CORES}")
+        self.glimpse_net = GlimpseNetwork(
+            self.patch_hidden, self.location_hidden, self.glimpse_features
+        )
+        core_cls = RNNCore if self.core == "rnn" else LSTMCore
+        self.core_net = core_cls(self.core_hidden)
+        self.location_net = LocationNetwork()
+        self.action_net = ActionNetwork(self.num_classes)
+        self.baseline_net = BaselineNetwork()
+
+    def step(
+        self, state: CoreState, patches: jax.Array, loc: jax.Array
+    ) -> tuple[CoreState, jax.Array]:
+        """One glimpse: patches f32[B, S, g, g, C], loc f32[B, 2] -> (state, h f32[B, H])."""
+        return self.core_net(state, self.glimpse_net(patches, loc))
+
+    def location_mean(self, h: jax.Array) -> jax.Array:
+        return self.location_net(h)
+
+    def baseline(self, h: jax.Array) -> jax.Array:
+        return self.baseline_net(h)
+
+    def classify(self, h: jax.Array) -> jax.Array:
+        return self.action_net(h)
+
+    def __call__(self, patches: jax.Array, loc: jax.Array):
+        state = initial_core_state(self.core, patches.shape[0], self.core_hidden)
+        _, h = self.step(state, patches, loc)
+        return self.classify(h), self.location_mean(h), self.baseline(h)

@@ -1,0 +1,194 @@
+"""One RAM episode over a batch of images as a single ``jax.lax.scan`` over glimpses.
+
+Step ``t`` reads a glimpse at ``l_t``, updates the core to ``h_t``, and from ``h_t`` emits the
+baseline ``b_t`` and the policy mean for the next location ``l_{t+1}``. The first location is
+drawn uniformly from ``[-1, 1]^2`` (the paper) when sampling, unless
+``RolloutSpec.random_first_glimpse`` is False, and is the image centre in the deterministic
+mode. After ``T`` glimpses the action network classifies ``h_{T-1}``.
+
+Gradient routing, fixed here and checked by tests:
+- the sampled location is ``stop_gradient``-ed before it is scored and fed back, so the
+  REINFORCE term reaches the location network through the policy mean only;
+- the baseline reads ``stop_gradient(h)``: its squared error trains the baseline network alone;
+- the location network reads ``h`` (REINFORCE also trains core and glimpse networks) or
+  ``stop_gradient(h)`` when ``RolloutSpec.reinforce_through_core`` is False.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ram_jax import glimpse as retina
+from ram_jax.networks import RAM, initial_core_state
+
+__all__ = [
+    "MODES",
+    "RolloutSpec",
+    "Trajectory",
+    "gaussian_log_prob",
+    "mc_class_probs",
+    "rollout",
+]
+
+MODES = ("sample", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    """Static description of an episode (hashable: safe as a ``jit`` static argument).
+
+    Attributes:
+      num_glimpses: T, glimpses per image.
+      size: side of each glimpse patch in pixels.
+      scales: patches per glimpse, each ``factor`` times wider than the last.
+      factor: integer growth between scales.
+      loc_std: fixed std of the Gaussian location policy, in [-1, 1] units.
+      reinforce_through_core: whether REINFORCE's gradient reaches core and glimpse networks.
+      random_first_glimpse: in ``"sample"`` mode, draw the first location uniformly from
+        [-1, 1]^2 (the paper); if False start at the centre, as the deterministic mode does.
+    """
+
+    num_glimpses: int
+    size: int
+    scales: int = 1
+    factor: int = 2
+    loc_std: float = 0.1
+    reinforce_through_core: bool = True
+    random_first_glimpse: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_glimpses, int) or self.num_glimpses < 1:
+            raise ValueError(f"num_glimpses must be an integer >= 1, got {self.num_glimpses!r}")
+        if not (isinstance(self.loc_std, int | float) and self.loc_std > 0):
+            raise ValueError(f"loc_std must be a positive number, got {self.loc_std!r}")
+        for name in ("size", "scales", "factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"glimpse {name} must be an integer >= 1, got {value!r}")
+
+
+class Trajectory(NamedTuple):
+    """What one episode produced. Time-major: ``T`` glimpses, ``B`` images, ``K`` classes.
+
+    Attributes:
+      locations: f32[T, B, 2], where each glimpse was read, (y, x) in [-1, 1].
+      means: f32[T-1, B, 2], the policy mean that chose ``locations[1:]``.
+      log_probs: f32[T-1, B], log-density of the (unclipped) sample under that policy.
+      baselines: f32[T-1, B], b_t from the state that chose ``locations[t + 1]``.
+      logits: f32[B, K], the action network's output after the last glimpse.
+    """
+
+    locations: jax.Array
+    means: jax.Array
+    log_probs: jax.Array
+    baselines: jax.Array
+    logits: jax.Array
+
+
+def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float) -> jax.Array:
+    """log N(x; mean, std^2 I) summed over the last axis (isotropic, fixed std)."""
+    z = (x - mean) / std
+    per_dim = -0.5 * z**2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+    return per_dim.sum(axis=-1)
+
+
+def _to_float_images(images: jax.Array) -> jax.Array:
+    """Accepts f32[B, H, W, C], or uint8 in [0, 255] (scaled to [0, 1]); also [B, H, W]."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, H, W, C) or (B, H, W), got {images.shape}")
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images must be uint8 or floating point, got dtype {images.dtype}")
+    return images.astype(jnp.float32)
+
+
+def rollout(
+    model: RAM,
+    params,
+    images: jax.Array,
+    key: jax.Array,
+    spec: RolloutSpec,
+    *,
+    mode: str = "sample",
+) -> Trajectory:
+    """Runs ``spec.num_glimpses`` glimpses over a batch.
+
+    Args:
+      model: the ``RAM`` module (its fields fix the architecture).
+      params: its parameters, ``variables["params"]``.
+      images: f32[B, H, W, C] in [0, 1] (uint8 and [B, H, W] are accepted too).
+      key: PRNG key; split ahead into the first location and one key per later glimpse.
+      spec: the episode's static description.
+      mode: ``"sample"`` draws locations from the policy (training, Monte-Carlo evaluation);
+        ``"mean"`` starts at the centre and follows the policy mean (the key is unused).
+
+    Returns:
+      A ``Trajectory``. The same key (and inputs) gives the same trajectory.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
+    images = _to_float_images(images)
+    batch, height, width, _ = images.shape
+    retina.validate_retina(images.shape[1:], size=spec.size, scales=spec.scales, factor=spec.factor)
+    padded = retina.pad_images(images, size=spec.size, scales=spec.scales, factor=spec.factor)
+    variables = {"params": params}
+    first_key, step_keys = jax.random.split(key, 2)
+    step_keys = jax.random.split(step_keys, spec.num_glimpses)
+
+    if mode == "sample" and spec.random_first_glimpse:
+        first_loc = jax.random.uniform(first_key, (batch, 2), minval=-1.0, maxval=1.0)
+    else:
+        first_loc = jnp.zeros((batch, 2), jnp.float32)
+
+    def glimpse_step(carry, step_key):
+        state, loc = carry
+        patches = retina.glimpse_from_padded(
+            padded, loc, (height, width), size=spec.size, scales=spec.scales, factor=spec.factor
+        )
+        state, h = model.apply(variables, state, patches, loc, method=RAM.step)
+        policy_input = h if spec.reinforce_through_core else jax.lax.stop_gradient(h)
+        mean = model.apply(variables, policy_input, method=RAM.location_mean)
+        baseline = model.apply(variables, jax.lax.stop_gradient(h), method=RAM.baseline)
+        if mode == "sample":
+            noise = spec.loc_std * jax.random.normal(step_key, mean.shape, mean.dtype)
+            sample = jax.lax.stop_gradient(mean + noise)
+        else:
+            sample = jax.lax.stop_gradient(mean)
+        log_prob = gaussian_log_prob(sample, mean, spec.loc_std)
+        next_loc = jnp.clip(sample, -1.0, 1.0)
+        return (state, next_loc), (loc, mean, log_prob, baseline)
+
+    state0 = initial_core_state(model.core, batch, model.core_hidden)
+    (state, _), (locs, means, log_probs, baselines) = jax.lax.scan(
+        glimpse_step, (state0, first_loc), step_keys
+    )
+    logits = model.apply(variables, state[-1], method=RAM.classify)
+    # The last step's policy output chooses no glimpse: drop it.
+    return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits)
+
+
+def mc_class_probs(
+    model: RAM,
+    params,
+    images: jax.Array,
+    key: jax.Array,
+    spec: RolloutSpec,
+    num_samples: int,
+) -> jax.Array:
+    """Class probabilities f32[B, K] averaged over ``num_samples`` sampled rollouts."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    keys = jax.random.split(key, num_samples)
+
+    def probs(k):
+        return jax.nn.softmax(rollout(model, params, images, k, spec, mode="sample").logits)
+
+    return jax.lax.map(probs, keys).mean(axis=0)
