@@ -17,6 +17,8 @@ import tempfile
 from typing import Any
 
 import flax.serialization
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
@@ -76,12 +78,23 @@ def load_params(workdir: str | os.PathLike, target: Any, name: str = BEST_PARAMS
             f"no trained parameters at {path}: train first with "
             f"python -m experiments.train --workdir={workdir}"
         )
+    problem = f"{path} does not hold parameters for this model (was config.json changed?)"
     try:
-        return flax.serialization.from_bytes(target, path.read_bytes())
+        params = flax.serialization.from_bytes(target, path.read_bytes())
     except Exception as e:
-        raise ValueError(
-            f"{path} does not hold parameters for this model (was config.json changed?): {e}"
-        ) from e
+        raise ValueError(f"{problem}: {e}") from e
+    # from_bytes matches names only: check every array's shape and dtype too.
+    expected = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    mismatched = [
+        f"{jax.tree_util.keystr(key)}: saved {np.shape(value)} {np.asarray(value).dtype}, "
+        f"model {np.shape(expected[key])} {np.asarray(expected[key]).dtype}"
+        for key, value in jax.tree_util.tree_flatten_with_path(params)[0]
+        if np.shape(value) != np.shape(expected[key])
+        or np.asarray(value).dtype != np.asarray(expected[key]).dtype
+    ]
+    if mismatched:
+        raise ValueError(f"{problem}: {'; '.join(mismatched)}")
+    return params
 
 
 class CheckpointStore:

@@ -11,7 +11,8 @@ is then exactly ``u`` whenever ``u`` is an integer: at ``(0, 0)`` on a 28x28 ima
 covers pixels 10..17 of each axis, symmetric about the image centre.
 
 Scale ``k`` (``k = 0 .. scales - 1``) has side ``size * factor**k`` and is the centred crop of the
-largest patch (when ``(largest - side)`` is odd the extra pixel falls to the bottom/right); it is
+largest patch, starting ``ceil((largest - side) / 2)`` pixels in from its top and left edges (so
+when ``largest - side`` is odd, the crop sits half a pixel below and right of centre); it is
 average-pooled in ``factor**k`` x ``factor**k`` blocks down to ``size`` x ``size``. Pixels outside
 the image read as zero. Locations outside ``[-1, 1]`` are clipped to it.
 

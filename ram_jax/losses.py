@@ -60,7 +60,9 @@ def hybrid_loss(
     classification = optax.softmax_cross_entropy_with_integer_labels(traj.logits, labels).mean()
     advantage = jax.lax.stop_gradient(reward[None, :] - traj.baselines)
     reinforce = -(traj.log_probs * advantage).sum(axis=0).mean()
-    baseline = jnp.square(reward[None, :] - traj.baselines).mean()
+    # With one glimpse there is no location decision: empty terms must read 0, not NaN.
+    decisions = max(1, traj.baselines.size)
+    baseline = jnp.square(reward[None, :] - traj.baselines).sum() / decisions
     loss = (
         weights.classification * classification
         + weights.reinforce * reinforce
@@ -72,6 +74,6 @@ def hybrid_loss(
         "reinforce": reinforce,
         "baseline": baseline,
         "accuracy": reward.mean(),
-        "mean_baseline": traj.baselines.mean(),
+        "mean_baseline": traj.baselines.sum() / decisions,
     }
     return loss, metrics

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -62,14 +63,13 @@ class RolloutSpec:
     random_first_glimpse: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_glimpses, int) or self.num_glimpses < 1:
-            raise ValueError(f"num_glimpses must be an integer >= 1, got {self.num_glimpses!r}")
-        if not (isinstance(self.loc_std, int | float) and self.loc_std > 0):
+        is_number = isinstance(self.loc_std, numbers.Real) and not isinstance(self.loc_std, bool)
+        if not (is_number and self.loc_std > 0):
             raise ValueError(f"loc_std must be a positive number, got {self.loc_std!r}")
-        for name in ("size", "scales", "factor"):
+        for name in ("num_glimpses", "size", "scales", "factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"glimpse {name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class Trajectory(NamedTuple):

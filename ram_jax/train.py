@@ -187,12 +187,13 @@ def make_train_step(
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         apply = finite & (carry.halted_at < 0)
         new_state = TrainState(state.step + 1, params, opt_state)
         state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_state, state)
         halted_at = jnp.where((carry.halted_at < 0) & ~finite, global_step, carry.halted_at)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = grad_norm
         return LoopCarry(state, halted_at.astype(jnp.int32)), metrics
 
     return train_step
@@ -318,7 +319,8 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
     config_dict = config.to_dict()
-    if config_path.exists():
+    trained = (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists()
+    if trained and config_path.exists():
         previous = json.loads(config_path.read_text())
         changed = config_differences(previous, config_dict)
         if changed:
@@ -326,10 +328,12 @@ def train_and_evaluate(
                 f"{workdir} holds a run with a different config (fields {changed}); "
                 "use a new --workdir, or the same config to resume"
             )
-    checkpoint.atomic_write_json(config_path, config_dict)
 
     start = time.perf_counter()
+    commit = git_commit()  # the code that runs, even if the checkout changes before the end
     data = datasets if datasets is not None else load_datasets(config)
+    # Written once the data loaded: a run that failed before training binds the workdir to nothing.
+    checkpoint.atomic_write_json(config_path, config_dict)
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
     steps_per_epoch = len(data.train.labels) // config.batch_size
     optimizer = make_optimizer(config, steps_per_epoch)
@@ -452,7 +456,7 @@ def train_and_evaluate(
         "train_images_per_s": images_per_s,
         "wall_seconds_this_process": time.perf_counter() - start,
         "device": describe_device(),
-        "commit": git_commit(),
+        "commit": commit,
         "jax_version": jax.__version__,
         "config": config_dict,
     }

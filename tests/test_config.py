@@ -1,0 +1,240 @@
+"""Tests for the configuration: the mnist28 experiment file, validation, and what it builds."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ram_jax import train
+from ram_jax.config import default_config, validate_config
+from ram_jax.networks import RAM
+from ram_jax.rollout import RolloutSpec
+
+CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mnist28.py"
+
+
+def load_config_module(path=CONFIG_FILE):
+    """Imports a config file by path, as ml_collections' config_flags does."""
+    spec = importlib.util.spec_from_file_location("mnist28_config_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------
+# The experiment file
+
+
+def test_mnist28_loads_and_validates():
+    config = load_config_module().get_config()
+    validate_config(config)
+    assert config.task == "mnist28"
+    assert config.num_glimpses == 6
+    assert config.glimpse_size == 8
+    assert config.glimpse_scales == 1
+    # Nothing else differs from the defaults.
+    assert config.to_dict() == default_config().to_dict()
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_mnist28_glimpses_argument(n):
+    config = load_config_module().get_config(f"glimpses={n}")
+    validate_config(config)
+    assert config.num_glimpses == n
+    assert isinstance(config.num_glimpses, int)
+
+
+@pytest.mark.parametrize(
+    ("arg", "error", "match"),
+    [
+        ("glimpse=4", ValueError, "unknown config argument 'glimpse'"),
+        ("scales=2", ValueError, "unknown config argument 'scales'"),
+        ("glimpses=four", ValueError, "four"),
+        ("glimpses=4,size=8", ValueError, "unknown config argument 'size'"),
+    ],
+)
+def test_mnist28_bad_argument(arg, error, match):
+    with pytest.raises(error, match=match):
+        load_config_module().get_config(arg)
+
+
+def test_mnist28_glimpses_zero_fails_validation():
+    config = load_config_module().get_config("glimpses=0")
+    with pytest.raises(ValueError, match="num_glimpses"):
+        validate_config(config)
+
+
+# ------------------------------------------------------------------------------------------
+# validate_config
+
+
+def test_default_is_valid():
+    validate_config(default_config())
+
+
+def test_unknown_field_is_named():
+    config = default_config()
+    config.lcoation_std = 0.2  # a typo must not pass silently
+    with pytest.raises(ValueError, match="lcoation_std"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("loc_std", 0.0, "loc_std must be positive"),
+        ("loc_std", -0.1, "loc_std must be positive"),
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("batch_size", -8, "batch_size must be a positive integer"),
+        ("num_glimpses", 0, "num_glimpses"),
+        ("glimpse_size", 0, "glimpse_size"),
+        ("core", "gru", "core must be one of"),
+        ("optimizer", "rmsprop", "optimizer must be one of"),
+        ("lr_schedule", "step", "lr_schedule must be one of"),
+        ("task", "cifar10", "task must be one of"),
+        ("learning_rate", 0.0, "learning_rate"),
+        ("momentum", 1.0, "momentum"),
+        ("clip_norm", -1.0, "clip_norm"),
+        ("warmup_epochs", 200, "warmup_epochs"),
+        ("reinforce_weight", -1.0, "reinforce_weight"),
+        ("seed", -1, "seed"),
+    ],
+)
+def test_bad_values_rejected(field, value, match):
+    config = default_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+def test_missing_field_rejected():
+    values = default_config().to_dict()
+    del values["loc_std"]
+    import ml_collections
+
+    with pytest.raises(ValueError, match="missing field"):
+        validate_config(ml_collections.ConfigDict(values))
+
+
+# ------------------------------------------------------------------------------------------
+# What the config builds
+
+
+def test_build_model_and_spec_from_default():
+    config = default_config()
+    model = train.build_model(config)
+    assert model == RAM(
+        num_classes=10,
+        patch_hidden=128,
+        location_hidden=128,
+        glimpse_features=256,
+        core="rnn",
+        core_hidden=256,
+    )
+    spec = train.rollout_spec(config)
+    assert spec == RolloutSpec(
+        num_glimpses=6, size=8, scales=1, factor=2, loc_std=0.1, reinforce_through_core=False
+    )
+    assert isinstance(spec.loc_std, float)
+    weights = train.loss_weights(config)
+    assert tuple(weights) == (1.0, 1.0, 1.0)
+
+
+def test_config_fields_reach_the_model_and_spec():
+    config = default_config()
+    config.core, config.core_hidden, config.num_classes = "lstm", 32, 7
+    config.glimpse_scales, config.glimpse_factor, config.loc_std = 3, 3, 0.2
+    config.reinforce_through_core = True
+    model, spec = train.build_model(config), train.rollout_spec(config)
+    assert (model.core, model.core_hidden, model.num_classes) == ("lstm", 32, 7)
+    assert (spec.scales, spec.factor, spec.loc_std, spec.reinforce_through_core) == (
+        3,
+        3,
+        0.2,
+        True,
+    )
+
+
+def _hand_count(core: str) -> int:
+    """Parameters of the default RAM on 28x28x1 images with one 8x8 glimpse, layer by layer."""
+    glimpse_in = 1 * 8 * 8 * 1  # scales * size * size * channels
+    glimpse_net = (
+        (glimpse_in * 128 + 128)  # patch -> h_g
+        + (2 * 128 + 128)  # location -> h_l
+        + (128 * 256 + 256)  # h_g -> g
+        + (128 * 256)  # h_l -> g, no bias
+    )
+    if core == "rnn":
+        core_net = 256 * 256 + (256 * 256 + 256)  # recurrent (no bias) + input
+    else:
+        # Four gates, each with an input kernel (no bias) and a hidden kernel with bias.
+        core_net = 4 * (256 * 256) + 4 * (256 * 256 + 256)
+    location_net = 256 * 2 + 2
+    action_net = 256 * 10 + 10
+    baseline_net = 256 * 1 + 1
+    return glimpse_net + core_net + location_net + action_net + baseline_net
+
+
+def test_hand_count_values():
+    # The arithmetic above, as literal numbers.
+    assert _hand_count("rnn") == 209_165
+    assert _hand_count("lstm") == 603_149
+
+
+@pytest.mark.parametrize("core", ["rnn", "lstm"])
+def test_default_model_parameter_count(core):
+    config = default_config()
+    config.core = core
+    model, spec = train.build_model(config), train.rollout_spec(config)
+    # init_train_state builds from an image shape, as the training run does (eval_shape: no
+    # arrays are allocated).
+    state = jax.eval_shape(
+        lambda key: train.init_train_state(model, spec, optax.identity(), key, (28, 28)),
+        jax.random.key(0),
+    )
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    assert count == _hand_count(core)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
+def test_make_optimizer(optimizer, schedule, warmup_epochs):
+    config = default_config()
+    config.optimizer, config.lr_schedule, config.warmup_epochs = optimizer, schedule, warmup_epochs
+    opt = train.make_optimizer(config, steps_per_epoch=10)
+    params = {"w": jnp.ones((3,))}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    state = opt.init(params)
+    updates, _ = opt.update(grads, state, params)
+    first = np.asarray(updates["w"])
+    if warmup_epochs:
+        # The warmup ramp starts at a learning rate of 0.
+        np.testing.assert_array_equal(first, 0.0)
+    else:
+        assert np.all(np.sign(first) == -np.sign(np.asarray(grads["w"])))
+        if optimizer == "adam":  # Adam's first step is lr * sign(g).
+            np.testing.assert_allclose(np.abs(first), config.learning_rate, rtol=1e-3)
+        else:  # SGD: lr * g.
+            np.testing.assert_allclose(first, -config.learning_rate * grads["w"], rtol=1e-6)
+
+
+def test_make_optimizer_clips_global_norm():
+    config = default_config()
+    config.optimizer, config.warmup_epochs, config.lr_schedule = "sgd", 0, "constant"
+    config.momentum, config.learning_rate, config.clip_norm = 0.0, 1.0, 5.0
+    opt = train.make_optimizer(config, steps_per_epoch=10)
+    params = {"w": jnp.zeros((2,))}
+    grads = {"w": jnp.array([30.0, 40.0])}  # norm 50 -> clipped to 5
+    updates, _ = opt.update(grads, opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-3.0, -4.0], rtol=1e-6)
+    config.clip_norm = 0.0  # disabled
+    opt = train.make_optimizer(config, steps_per_epoch=10)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-30.0, -40.0], rtol=1e-6)

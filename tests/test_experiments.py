@@ -1,0 +1,136 @@
+"""The command-line entry points, run as subprocesses: experiments.train and experiments.evaluate.
+
+They read real MNIST from $RAM_JAX_MNIST_DIR (else ``../shared/data/mnist`` next to the repo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from ram_jax.data import MNIST_SHA256
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ENV_DIR = os.environ.get("RAM_JAX_MNIST_DIR")
+MNIST_DIR = pathlib.Path(_ENV_DIR) if _ENV_DIR else REPO_ROOT.parent / "shared" / "data" / "mnist"
+HAVE_MNIST = all((MNIST_DIR / name).is_file() for name in MNIST_SHA256)
+needs_mnist = pytest.mark.skipif(
+    not HAVE_MNIST,
+    reason=f"the four MNIST .gz files are not in {MNIST_DIR} (set RAM_JAX_MNIST_DIR)",
+)
+TIMEOUT_S = 600
+
+# A run of a few seconds: one epoch of a small network on 2,000 images.
+TINY_OVERRIDES = (
+    "--config.train_subset=2000",
+    "--config.validation_size=500",
+    "--config.num_epochs=1",
+    "--config.warmup_epochs=0",
+    "--config.patch_hidden=32",
+    "--config.location_hidden=32",
+    "--config.glimpse_features=32",
+    "--config.core_hidden=32",
+    "--config.mc_samples=2",
+    "--config.eval_batch_size=500",
+    "--config.data_backend=numpy",
+)
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAM_JAX_MNIST_DIR=str(MNIST_DIR.resolve()))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
+        f"--- stderr\n{proc.stderr[-3000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """experiments.train run once with the ``glimpses=3`` config argument."""
+    if not HAVE_MNIST:
+        pytest.skip(f"the four MNIST .gz files are not in {MNIST_DIR} (set RAM_JAX_MNIST_DIR)")
+    workdir = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_module(
+        "experiments.train",
+        "--config=experiments/configs/mnist28.py:glimpses=3",
+        f"--workdir={workdir}",
+        *TINY_OVERRIDES,
+    )
+    return workdir, proc
+
+
+@needs_mnist
+def test_train_cli_writes_results(tiny_run):
+    workdir, proc = tiny_run
+    assert proc.returncode == 0, describe(proc)
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["task"] == "mnist28"
+    assert results["epochs"] == 1
+    assert results["mc_samples"] == 2
+    for name in ("val_error_pct", "test_error_pct", "test_error_mc_pct"):
+        assert 0.0 <= results[name] <= 100.0, name
+    # Overrides reach the run's config.
+    assert results["config"]["train_subset"] == 2000
+    assert results["config"]["core_hidden"] == 32
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (workdir / "best_params.msgpack").is_file()
+    assert "done: best epoch 1" in proc.stdout
+
+
+@needs_mnist
+def test_config_argument_sets_num_glimpses(tiny_run):
+    workdir, proc = tiny_run
+    assert proc.returncode == 0, describe(proc)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_glimpses"] == 3
+    assert json.loads((workdir / "results.json").read_text())["num_glimpses"] == 3
+
+
+@needs_mnist
+def test_evaluate_cli_prints_json_last_line(tiny_run):
+    workdir, train_proc = tiny_run
+    assert train_proc.returncode == 0, describe(train_proc)
+    proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--mc_samples=2")
+    assert proc.returncode == 0, describe(proc)
+    last = proc.stdout.strip().splitlines()[-1]
+    report = json.loads(last)
+    assert isinstance(report, dict)
+    results = json.loads((workdir / "results.json").read_text())
+    assert report["task"] == "mnist28"
+    assert report["num_glimpses"] == 3
+    assert report["mc_samples"] == 2
+    for name in ("val_error_pct", "test_error_pct", "test_error_mc_pct"):
+        assert 0.0 <= report[name] <= 100.0, name
+    # Same parameters, same evaluation key and batch size: the numbers training reported.
+    assert report["test_error_pct"] == results["test_error_pct"]
+    assert report["val_error_pct"] == results["val_error_pct"]
+    assert report["test_error_mc_pct"] == results["test_error_mc_pct"]
+
+
+def test_unknown_override_is_rejected(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_module(
+        "experiments.train",
+        "--config=experiments/configs/mnist28.py",
+        f"--workdir={workdir}",
+        "--config.not_a_field=1",
+    )
+    assert proc.returncode != 0, describe(proc)
+    assert "not_a_field" in proc.stderr, describe(proc)
+    assert not (workdir / "config.json").exists()
