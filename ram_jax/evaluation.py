@@ -73,4 +73,5 @@ def error_pct(
     predicted = predict(
         model, params, images, key, spec, batch_size=batch_size, mc_samples=mc_samples
     )
-    return float(100.0 * np.mean(np.asarray(predicted) != np.asarray(labels)))
+    wrong = int(np.sum(np.asarray(predicted) != np.asarray(labels)))
+    return round(100.0 * wrong / len(labels), 4)

@@ -264,11 +264,21 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
 # Reporting
 
 
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_device() -> str:
     devices = jax.devices()
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":
-        kind = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+        kind = f"{_cpu_model()} ({os.cpu_count()} cores)"
     return f"{jax.default_backend()}: {kind} x{len(devices)}"
 
 
