@@ -377,8 +377,9 @@ def train_and_evaluate(
     )
     carry = LoopCarry(state, jnp.array(-1, jnp.int32))
     progress = Progress(config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
-    images_per_s = None
-    for epoch in range(meta["epoch"], config.num_epochs):
+    first_epoch = meta["epoch"]
+    timed_images, timed_seconds = 0, 0.0  # epochs after this process's first (which compiles)
+    for epoch in range(first_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
         sums: dict[str, float] = {}
         for first in range(0, steps_per_epoch, chunk):
@@ -412,8 +413,9 @@ def train_and_evaluate(
             train_seconds=train_seconds,
             train_images_per_s=steps_per_epoch * config.batch_size / train_seconds,
         )
-        if epoch > meta["epoch"]:  # the first epoch of a process includes compilation
-            images_per_s = record["train_images_per_s"]
+        if epoch > first_epoch:
+            timed_images += steps_per_epoch * config.batch_size
+            timed_seconds += train_seconds
         if data.validation is not None:
             val_error = evaluation.error_pct(
                 model,
@@ -463,7 +465,7 @@ def train_and_evaluate(
         "best_epoch": meta["best_epoch"],
         **report,
         "train_seconds": meta["train_seconds"],
-        "train_images_per_s": images_per_s,
+        "train_images_per_s": timed_images / timed_seconds if timed_seconds else None,
         "wall_seconds_this_process": time.perf_counter() - start,
         "device": describe_device(),
         "commit": commit,

@@ -201,6 +201,12 @@ def test_end_to_end_results_json(e2e_run):
     records = checkpoint.read_jsonl(workdir / "metrics.jsonl")
     assert on_disk["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records))
     assert on_disk["train_seconds"] > 0
+    # Throughput over the epochs after the first (which compiles): images / their seconds.
+    timed = records[1:]
+    expected = sum(r["train_images_per_s"] * r["train_seconds"] for r in timed) / sum(
+        r["train_seconds"] for r in timed
+    )
+    assert on_disk["train_images_per_s"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_end_to_end_metrics_and_best_epoch(e2e_run):
@@ -602,6 +608,16 @@ def test_atomic_write_json_leaves_no_temp_files(tmp_path):
     checkpoint.atomic_write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+
+
+def test_atomic_write_gives_files_the_umask_mode(tmp_path):
+    # mkstemp creates 0600 files; results must be readable like any file the user writes.
+    old = os.umask(0o022)
+    try:
+        checkpoint.atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
