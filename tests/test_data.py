@@ -12,6 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+from mnist_paths import HAVE_MNIST as HAVE_REAL
+from mnist_paths import MNIST_DIR as REAL_DIR
+from mnist_paths import NO_MNIST, REPO_ROOT
+from mnist_paths import needs_mnist as needs_real
 
 from ram_jax.data import (
     MNIST_FILES,
@@ -25,16 +29,6 @@ from ram_jax.data import (
     split_train_validation,
 )
 from ram_jax.data import mnist as mnist_module
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Read once at import: the autouse fixture below clears the variable for every test.
-_ENV_DIR = os.environ.get("RAM_JAX_MNIST_DIR")
-REAL_DIR = pathlib.Path(_ENV_DIR) if _ENV_DIR else REPO_ROOT.parent / "shared" / "data" / "mnist"
-HAVE_REAL = all((REAL_DIR / name).is_file() for name in MNIST_SHA256)
-needs_real = pytest.mark.skipif(
-    not HAVE_REAL,
-    reason=f"the four MNIST .gz files are not in {REAL_DIR} (set RAM_JAX_MNIST_DIR)",
-)
 
 # Published MNIST facts, independent of this code.
 TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -53,7 +47,7 @@ def _hermetic(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="module")
 def numpy_mnist() -> MnistArrays:
     if not HAVE_REAL:
-        pytest.skip(f"the four MNIST .gz files are not in {REAL_DIR} (set RAM_JAX_MNIST_DIR)")
+        pytest.skip(NO_MNIST)
     return load_mnist(REAL_DIR, backend="numpy")
 
 

@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
+from mnist_paths import HAVE_MNIST, MNIST_DIR, NO_MNIST, REPO_ROOT, needs_mnist
 
-from ram_jax.data import MNIST_SHA256
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_ENV_DIR = os.environ.get("RAM_JAX_MNIST_DIR")
-MNIST_DIR = pathlib.Path(_ENV_DIR) if _ENV_DIR else REPO_ROOT.parent / "shared" / "data" / "mnist"
-HAVE_MNIST = all((MNIST_DIR / name).is_file() for name in MNIST_SHA256)
-needs_mnist = pytest.mark.skipif(
-    not HAVE_MNIST,
-    reason=f"the four MNIST .gz files are not in {MNIST_DIR} (set RAM_JAX_MNIST_DIR)",
-)
 TIMEOUT_S = 600
 
 # A run of a few seconds: one epoch of a small network on 2,000 images.
@@ -64,7 +54,7 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 def tiny_run(tmp_path_factory):
     """experiments.train run once with the ``glimpses=3`` config argument."""
     if not HAVE_MNIST:
-        pytest.skip(f"the four MNIST .gz files are not in {MNIST_DIR} (set RAM_JAX_MNIST_DIR)")
+        pytest.skip(NO_MNIST)
     workdir = tmp_path_factory.mktemp("cli") / "run"
     proc = run_module(
         "experiments.train",

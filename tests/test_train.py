@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from mnist_paths import HAVE_MNIST, MNIST_DIR, NO_MNIST
 
 from ram_jax import checkpoint, progress
 from ram_jax import train as train_module
 from ram_jax.config import default_config
-from ram_jax.data import MNIST_SHA256, load_mnist
+from ram_jax.data import load_mnist
 from ram_jax.train import (
     Dataset,
     Datasets,
@@ -39,12 +40,6 @@ from ram_jax.train import (
     run_keys,
     train_and_evaluate,
 )
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_ENV_DIR = os.environ.get("RAM_JAX_MNIST_DIR")
-MNIST_DIR = pathlib.Path(_ENV_DIR) if _ENV_DIR else REPO_ROOT.parent / "shared" / "data" / "mnist"
-HAVE_MNIST = all((MNIST_DIR / name).is_file() for name in MNIST_SHA256)
-NO_MNIST = f"the four MNIST .gz files are not in {MNIST_DIR} (set RAM_JAX_MNIST_DIR)"
 
 # Per-epoch record fields that measure wall time, not the computation.
 TIMING_FIELDS = ("train_seconds", "train_images_per_s")
