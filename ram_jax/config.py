@@ -37,6 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_backend = "auto"  # "tfds", "numpy" (plain IDX reader), or "auto"
     c.validation_size = 10_000  # carved from the end of the training set
     c.train_subset = 0  # > 0: train on the first N training images only (tests, smoke runs)
+    c.train_shift = 0  # > 0: shift each training digit by up to N pixels (not in the paper)
     c.seed = 0
     # Retina and networks (paper section 4).
     c.num_glimpses = 6
@@ -119,7 +120,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "mc_samples",
     ):
         positive_int(name)
-    for name in ("validation_size", "train_subset", "steps_per_dispatch", "warmup_epochs", "seed"):
+    for name in (
+        "validation_size",
+        "train_subset",
+        "train_shift",
+        "steps_per_dispatch",
+        "warmup_epochs",
+        "seed",
+    ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
     _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")

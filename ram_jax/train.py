@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from ram_jax import checkpoint, evaluation
+from ram_jax.augment import random_shift
 from ram_jax.config import config_differences, validate_config
 from ram_jax.losses import LossWeights, hybrid_loss
 from ram_jax.networks import RAM
@@ -208,12 +209,14 @@ def make_train_chunk(
     batch_size: int,
     num_steps: int,
     steps_per_epoch: int,
+    max_shift: int = 0,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
     ``train_chunk(carry, data, data_key, step_key, epoch, first_step) -> (carry, metrics)``:
     the epoch's data order is ``permutation(fold_in(data_key, epoch))``; the span covers its
     batches ``first_step .. first_step + num_steps - 1``; metrics are stacked per step.
+    ``max_shift > 0`` moves each training image by a random offset (``augment.random_shift``).
     """
     train_step = make_train_step(model, spec, weights, optimizer)
 
@@ -225,7 +228,12 @@ def make_train_chunk(
             idx = jax.lax.dynamic_slice_in_dim(order, batch_index * batch_size, batch_size)
             global_step = epoch * steps_per_epoch + batch_index
             key = jax.random.fold_in(step_key, global_step)
-            return train_step(carry, data.images[idx], data.labels[idx], key, global_step)
+            images = data.images[idx]
+            if max_shift:
+                # A stream of its own, so runs without shifts keep their keys.
+                images = random_shift(jax.random.fold_in(key, 1), images, max_shift)
+                key = jax.random.fold_in(key, 0)
+            return train_step(carry, images, data.labels[idx], key, global_step)
 
         return jax.lax.scan(body, carry, jnp.arange(num_steps))
 
@@ -373,6 +381,7 @@ def train_and_evaluate(
             batch_size=config.batch_size,
             num_steps=chunk,
             steps_per_epoch=steps_per_epoch,
+            max_shift=config.train_shift,
         )
     )
     carry = LoopCarry(state, jnp.array(-1, jnp.int32))

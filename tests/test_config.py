@@ -106,6 +106,7 @@ def test_unknown_field_is_named():
         ("warmup_epochs", 200, "warmup_epochs"),
         ("reinforce_weight", -1.0, "reinforce_weight"),
         ("seed", -1, "seed"),
+        ("train_shift", -1, "train_shift"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
