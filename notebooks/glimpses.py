@@ -25,11 +25,11 @@ import pathlib
 
 import jax
 import matplotlib.pyplot as plt
-import ml_collections
 import numpy as np
 import optax
 
 from ram_jax import checkpoint, train
+from ram_jax.config import config_from_saved
 from ram_jax.data import load_mnist
 from ram_jax.rollout import rollout
 from ram_jax.viz import plot_glimpses
@@ -37,7 +37,7 @@ from ram_jax.viz import plot_glimpses
 workdir = pathlib.Path("../checkpoints/mnist28")
 if not workdir.exists():
     workdir = pathlib.Path("checkpoints/mnist28")
-config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+config = config_from_saved(json.loads((workdir / "config.json").read_text()))
 model, spec = train.build_model(config), train.rollout_spec(config)
 target = train.init_train_state(model, spec, optax.identity(), jax.random.key(0), (28, 28)).params
 params = checkpoint.load_params(workdir, target)

@@ -14,7 +14,13 @@ from ml_collections import config_dict
 
 from ram_jax.networks import CORES
 
-__all__ = ["TASKS", "default_config", "validate_config"]
+__all__ = [
+    "TASKS",
+    "config_differences",
+    "config_from_saved",
+    "default_config",
+    "validate_config",
+]
 
 TASKS = ("mnist28",)
 OPTIMIZERS = ("adam", "sgd")
@@ -141,7 +147,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check(config[name] >= 0, f"{name} must be >= 0, got {config[name]}")
 
 
+def config_from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config of a saved run (``config.json``), validated.
+
+    Fields added to ``default_config`` after the run was saved take their defaults, which are
+    chosen so that a new field leaves earlier behaviour unchanged; fields this version does not
+    know are still an error.
+    """
+    config = default_config()
+    unknown = sorted(set(saved) - set(config.keys()))
+    _check(not unknown, f"unknown field(s) {unknown} in a saved config")
+    config.update(saved)
+    validate_config(config)
+    return config
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Fields whose values differ in a way that would change a resumed run's results."""
+    """Fields whose values differ in a way that would change a resumed run's results.
+
+    ``old`` is a saved config: fields it lacks count as their defaults (``config_from_saved``).
+    """
+    old = {**default_config().to_dict(), **old}
     keys = (set(old) | set(new)) - RESUMABLE_CHANGES
     return sorted(k for k in keys if old.get(k) != new.get(k))

@@ -27,7 +27,7 @@ import optax
 
 from ram_jax import checkpoint, evaluation
 from ram_jax.augment import random_shift
-from ram_jax.config import config_differences, validate_config
+from ram_jax.config import config_differences, config_from_saved, validate_config
 from ram_jax.losses import LossWeights, hybrid_loss
 from ram_jax.networks import RAM
 from ram_jax.progress import Progress, format_seconds
@@ -546,7 +546,7 @@ def evaluate_workdir(
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = config_from_saved(json.loads(config_path.read_text()))
     if data_dir is not None:
         config.data_dir = data_dir
     config.mc_samples = mc_samples

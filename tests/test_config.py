@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -12,11 +13,18 @@ import optax
 import pytest
 
 from ram_jax import train
-from ram_jax.config import default_config, validate_config
+from ram_jax.config import (
+    config_differences,
+    config_from_saved,
+    default_config,
+    validate_config,
+)
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "mnist28.py"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "mnist28.py"
+SHIPPED = sorted((REPO_ROOT / "checkpoints").glob("*/config.json"))
 
 
 def load_config_module(path=CONFIG_FILE):
@@ -241,3 +249,48 @@ def test_make_optimizer_clips_global_norm():
     opt = train.make_optimizer(config, steps_per_epoch=10)
     updates, _ = opt.update(grads, opt.init(params), params)
     np.testing.assert_allclose(updates["w"], [-30.0, -40.0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Saved configs (config.json of a workdir)
+
+
+def test_there_are_shipped_checkpoints():
+    assert [p.parent.name for p in SHIPPED] == ["mnist28"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_shipped_checkpoint_configs_load(path):
+    # A field added to the config after a checkpoint shipped must not break evaluating it.
+    config = config_from_saved(json.loads(path.read_text()))
+    assert config.task == path.parent.name
+
+
+def test_saved_config_lacking_a_field_takes_its_default():
+    saved = default_config().to_dict()
+    saved["loc_std"] = 0.3
+    del saved["train_shift"]
+    config = config_from_saved(saved)
+    assert config.train_shift == default_config().train_shift
+    assert config.loc_std == 0.3
+
+
+def test_saved_config_with_unknown_field_is_rejected():
+    saved = default_config().to_dict() | {"not_a_field": 1}
+    with pytest.raises(ValueError, match="not_a_field"):
+        config_from_saved(saved)
+
+
+def test_saved_config_with_bad_value_is_rejected():
+    saved = default_config().to_dict() | {"loc_std": -1.0}
+    with pytest.raises(ValueError, match="loc_std"):
+        config_from_saved(saved)
+
+
+def test_config_differences_counts_missing_saved_fields_as_defaults():
+    new = default_config().to_dict()
+    old = {k: v for k, v in new.items() if k != "train_shift"}
+    assert config_differences(old, new) == []
+    assert config_differences(old, new | {"train_shift": 2}) == ["train_shift"]
+    # Fields that do not change results may differ.
+    assert config_differences(old, new | {"eval_batch_size": 7}) == []

@@ -235,6 +235,18 @@ def test_evaluate_workdir_reproduces_results(e2e_run):
         assert report[name] == results[name], name
 
 
+def test_evaluate_workdir_of_an_older_run_without_newer_fields(e2e_run, tmp_path):
+    # A workdir written before a config field existed is evaluated with that field's default.
+    _, data, workdir, results = e2e_run
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["train_shift"]
+    (old / "config.json").write_text(json.dumps(saved))
+    report = train_module.evaluate_workdir(old, mc_samples=2, datasets=data)
+    assert report["test_error_pct"] == results["test_error_pct"]
+
+
 def test_evaluate_workdir_without_config_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         train_module.evaluate_workdir(tmp_path)
