@@ -13,16 +13,20 @@ import ml_collections
 from ml_collections import config_dict
 
 from ram_jax.networks import CORES
+from ram_jax.rollout import POLICIES
+from ram_jax.tasks import TASKS as TASK_SPECS
 
 __all__ = [
     "TASKS",
+    "apply_row_args",
     "config_differences",
     "config_from_saved",
     "default_config",
     "validate_config",
 ]
 
-TASKS = ("mnist28",)
+TASKS = tuple(TASK_SPECS)
+MODELS = ("ram", "fc", "conv")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 DATA_BACKENDS = ("auto", "tfds", "numpy")
@@ -44,7 +48,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.validation_size = 10_000  # carved from the end of the training set
     c.train_subset = 0  # > 0: train on the first N training images only (tests, smoke runs)
     c.train_shift = 0  # > 0: shift each training digit by up to N pixels (not in the paper)
+    c.task_seed = 0  # generated tasks: the fixed validation and test canvases depend on it only
     c.seed = 0
+    c.num_seeds = 1  # > 1: replicates with seeds seed, seed + 1, ... trained at once (vmap)
+    # Model: "ram", or a whole-image baseline "fc" / "conv" (ram_jax.baselines).
+    c.model = "ram"
+    c.policy = "learned"  # RAM: "learned" locations, or "random" glimpses (a control)
+    c.fc_hidden = 256  # fc: units in each of its two hidden layers
+    c.conv_filters = 8
+    c.conv_kernel = 10
+    c.conv_stride = 5
+    c.conv_hidden = 256
     # Retina and networks (paper section 4).
     c.num_glimpses = 6
     c.glimpse_size = 8
@@ -63,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.classification_weight = 1.0
     c.reinforce_weight = 1.0
     c.baseline_weight = 1.0
+    c.mean_rollout_weight = 0.0  # > 0: add the cross-entropy of a deterministic episode
     # Optimisation.
     c.optimizer = "adam"  # or "sgd" (with momentum)
     c.learning_rate = 1e-3
@@ -106,6 +121,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check(config[name] in allowed, f"{name} must be one of {allowed}, got {config[name]!r}")
 
     one_of("task", TASKS)
+    one_of("model", MODELS)
+    one_of("policy", POLICIES)
     one_of("data_backend", DATA_BACKENDS)
     one_of("core", CORES)
     one_of("optimizer", OPTIMIZERS)
@@ -124,12 +141,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "num_epochs",
         "eval_batch_size",
         "mc_samples",
+        "num_seeds",
+        "fc_hidden",
+        "conv_filters",
+        "conv_kernel",
+        "conv_stride",
+        "conv_hidden",
     ):
         positive_int(name)
     for name in (
         "validation_size",
         "train_subset",
         "train_shift",
+        "task_seed",
         "steps_per_dispatch",
         "warmup_epochs",
         "seed",
@@ -143,7 +167,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config.warmup_epochs < config.num_epochs,
         f"warmup_epochs ({config.warmup_epochs}) must be < num_epochs ({config.num_epochs})",
     )
-    for name in ("classification_weight", "reinforce_weight", "baseline_weight"):
+    for name in (
+        "classification_weight",
+        "reinforce_weight",
+        "baseline_weight",
+        "mean_rollout_weight",
+    ):
         _check(config[name] >= 0, f"{name} must be >= 0, got {config[name]}")
 
 
@@ -170,3 +199,36 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old = {**default_config().to_dict(), **old}
     keys = (set(old) | set(new)) - RESUMABLE_CHANGES
     return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def apply_row_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Selects a row of a paper table from a config file's argument, in place.
+
+    ``arg`` is ``name=value`` pairs joined by commas, as after the colon in
+    ``--config=experiments/configs/cluttered60.py:glimpses=6,policy=random``:
+
+    - ``glimpses=N``: RAM with N glimpses;
+    - ``policy=random``: RAM with random glimpses (``learned`` is the default);
+    - ``model=fc`` or ``model=conv``: a whole-image baseline (``model=ram`` is the default);
+    - ``hidden=N``: the width of the fully connected baseline's two layers.
+    """
+    setters = {
+        "glimpses": ("num_glimpses", int),
+        "policy": ("policy", str),
+        "model": ("model", str),
+        "hidden": ("fc_hidden", int),
+    }
+    for item in filter(None, (arg or "").split(",")):
+        name, sep, value = item.partition("=")
+        if name not in setters or not sep:
+            raise ValueError(
+                f"bad config argument {item!r}; expected name=value with name one of "
+                f"{sorted(setters)}"
+            )
+        field, parse = setters[name]
+        try:
+            config[field] = parse(value)
+        except ValueError as e:
+            raise ValueError(f"bad value for {name}: {value!r}") from e
+    validate_config(config)
+    return config

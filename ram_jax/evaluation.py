@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ram_jax.networks import RAM
-from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout
+from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
 
 __all__ = ["error_pct", "predict"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size", "mc_samples"))
 def predict(
-    model: RAM,
+    model: nn.Module,
     params,
     images: jax.Array,
     key: jax.Array,
@@ -32,6 +33,8 @@ def predict(
     """Predicted classes int32[N] for images u8/f32[N, H, W(, C)].
 
     ``mc_samples == 0`` runs one deterministic rollout; ``> 0`` averages that many sampled ones.
+    ``model`` may also be a whole-image baseline (``ram_jax.baselines``): ``spec`` and
+    ``mc_samples`` then change nothing.
     The dataset is processed in batches of ``batch_size`` by ``lax.map`` (padded at the end), so
     memory stays bounded and one compiled program serves the whole set.
     """
@@ -44,7 +47,9 @@ def predict(
 
     def classify(args):
         batch, batch_key = args
-        if mc_samples == 0:
+        if not isinstance(model, RAM):
+            logits = model.apply({"params": params}, to_float_images(batch))
+        elif mc_samples == 0:
             logits = rollout(model, params, batch, batch_key, spec, mode="mean").logits
         else:
             logits = mc_class_probs(model, params, batch, batch_key, spec, mc_samples)
@@ -54,7 +59,7 @@ def predict(
 
 
 def error_pct(
-    model: RAM,
+    model: nn.Module,
     params,
     images: jax.Array,
     labels: jax.Array,

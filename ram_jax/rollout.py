@@ -29,14 +29,17 @@ from ram_jax.networks import RAM, initial_core_state
 
 __all__ = [
     "MODES",
+    "POLICIES",
     "RolloutSpec",
     "Trajectory",
     "gaussian_log_prob",
     "mc_class_probs",
     "rollout",
+    "to_float_images",
 ]
 
 MODES = ("sample", "mean")
+POLICIES = ("learned", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,9 @@ class RolloutSpec:
       reinforce_through_core: whether REINFORCE's gradient reaches core and glimpse networks.
       random_first_glimpse: in ``"sample"`` mode, draw the first location uniformly from
         [-1, 1]^2 (the paper); if False start at the centre, as the deterministic mode does.
+      policy: ``"learned"`` (the location network) or ``"random"`` (the paper's "random
+        glimpses" control: every location uniform in [-1, 1]^2, in both modes, drawn from the
+        key; the location network is then unused).
     """
 
     num_glimpses: int
@@ -61,8 +67,11 @@ class RolloutSpec:
     loc_std: float = 0.1
     reinforce_through_core: bool = True
     random_first_glimpse: bool = True
+    policy: str = "learned"
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; expected one of {POLICIES}")
         is_number = isinstance(self.loc_std, numbers.Real) and not isinstance(self.loc_std, bool)
         if not (is_number and self.loc_std > 0):
             raise ValueError(f"loc_std must be a positive number, got {self.loc_std!r}")
@@ -97,7 +106,7 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float) -> jax.Array:
     return per_dim.sum(axis=-1)
 
 
-def _to_float_images(images: jax.Array) -> jax.Array:
+def to_float_images(images: jax.Array) -> jax.Array:
     """Accepts f32[B, H, W, C], or uint8 in [0, 255] (scaled to [0, 1]); also [B, H, W]."""
     if images.ndim == 3:
         images = images[..., None]
@@ -135,7 +144,7 @@ def rollout(
     """
     if mode not in MODES:
         raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
-    images = _to_float_images(images)
+    images = to_float_images(images)
     batch, height, width, _ = images.shape
     retina.validate_retina(images.shape[1:], size=spec.size, scales=spec.scales, factor=spec.factor)
     padded = retina.pad_images(images, size=spec.size, scales=spec.scales, factor=spec.factor)
@@ -143,7 +152,8 @@ def rollout(
     first_key, step_keys = jax.random.split(key, 2)
     step_keys = jax.random.split(step_keys, spec.num_glimpses)
 
-    if mode == "sample" and spec.random_first_glimpse:
+    random_policy = spec.policy == "random"
+    if random_policy or (mode == "sample" and spec.random_first_glimpse):
         first_loc = jax.random.uniform(first_key, (batch, 2), minval=-1.0, maxval=1.0)
     else:
         first_loc = jnp.zeros((batch, 2), jnp.float32)
@@ -157,12 +167,18 @@ def rollout(
         policy_input = h if spec.reinforce_through_core else jax.lax.stop_gradient(h)
         mean = model.apply(variables, policy_input, method=RAM.location_mean)
         baseline = model.apply(variables, jax.lax.stop_gradient(h), method=RAM.baseline)
-        if mode == "sample":
+        if random_policy:
+            # No decision to score: REINFORCE and the baseline get nothing from these steps.
+            sample = jax.random.uniform(step_key, mean.shape, mean.dtype, -1.0, 1.0)
+            mean = jax.lax.stop_gradient(sample)
+        elif mode == "sample":
             noise = spec.loc_std * jax.random.normal(step_key, mean.shape, mean.dtype)
             sample = jax.lax.stop_gradient(mean + noise)
         else:
             sample = jax.lax.stop_gradient(mean)
         log_prob = gaussian_log_prob(sample, mean, spec.loc_std)
+        if random_policy:
+            log_prob = jnp.zeros_like(log_prob)
         next_loc = jnp.clip(sample, -1.0, 1.0)
         return (state, next_loc), (loc, mean, log_prob, baseline)
 

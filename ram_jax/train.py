@@ -27,11 +27,13 @@ import optax
 
 from ram_jax import checkpoint, evaluation
 from ram_jax.augment import random_shift
+from ram_jax.baselines import Convolutional, FullyConnected, classifier_loss
 from ram_jax.config import config_differences, config_from_saved, validate_config
 from ram_jax.losses import LossWeights, hybrid_loss
 from ram_jax.networks import RAM
 from ram_jax.progress import Progress, format_seconds
-from ram_jax.rollout import RolloutSpec, rollout
+from ram_jax.rollout import RolloutSpec, rollout, to_float_images
+from ram_jax.tasks import TaskSpec, fixed_set, get_task, make_batch
 
 __all__ = [
     "Dataset",
@@ -45,9 +47,14 @@ __all__ = [
     "init_train_state",
     "load_datasets",
     "loss_weights",
+    "make_loss_fn",
     "make_optimizer",
     "make_train_chunk",
     "make_train_step",
+    "over_replicates",
+    "params_file",
+    "replicate",
+    "replicate_keys",
     "rollout_spec",
     "run_keys",
     "train_and_evaluate",
@@ -96,7 +103,21 @@ def run_keys(seed: int) -> RunKeys:
     return RunKeys(*jax.random.split(jax.random.key(seed), 4))
 
 
-def build_model(config: ml_collections.ConfigDict) -> RAM:
+Model = RAM | FullyConnected | Convolutional
+
+
+def build_model(config: ml_collections.ConfigDict) -> Model:
+    """The RAM, or the fully connected / convolutional baseline, that ``config.model`` names."""
+    if config.model == "fc":
+        return FullyConnected(hidden=config.fc_hidden, num_classes=config.num_classes)
+    if config.model == "conv":
+        return Convolutional(
+            filters=config.conv_filters,
+            kernel=config.conv_kernel,
+            stride=config.conv_stride,
+            hidden=config.conv_hidden,
+            num_classes=config.num_classes,
+        )
     return RAM(
         num_classes=config.num_classes,
         patch_hidden=config.patch_hidden,
@@ -116,14 +137,17 @@ def rollout_spec(config: ml_collections.ConfigDict) -> RolloutSpec:
         loc_std=float(config.loc_std),
         reinforce_through_core=config.reinforce_through_core,
         random_first_glimpse=config.random_first_glimpse,
+        policy=config.policy,
     )
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
+    """The hybrid loss's weights; random glimpses make no decisions, so only cross-entropy."""
+    learned = config.policy == "learned"
     return LossWeights(
         classification=config.classification_weight,
-        reinforce=config.reinforce_weight,
-        baseline=config.baseline_weight,
+        reinforce=config.reinforce_weight if learned else 0.0,
+        baseline=config.baseline_weight if learned else 0.0,
     )
 
 
@@ -152,34 +176,76 @@ def make_optimizer(
 
 
 def init_train_state(
-    model: RAM,
+    model: Model,
     spec: RolloutSpec,
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     image_shape: tuple[int, ...],
 ) -> TrainState:
-    """Fresh parameters and optimiser state. ``image_shape`` is (H, W) or (H, W, C)."""
+    """Fresh parameters and optimiser state. ``image_shape`` is (H, W) or (H, W, C).
+
+    ``spec`` sizes the RAM's glimpse input; the baselines read whole images and ignore it.
+    """
     channels = image_shape[2] if len(image_shape) == 3 else 1
-    patches = jnp.zeros((1, spec.scales, spec.size, spec.size, channels), jnp.float32)
-    params = model.init(key, patches, jnp.zeros((1, 2), jnp.float32))["params"]
+    if isinstance(model, RAM):
+        patches = jnp.zeros((1, spec.scales, spec.size, spec.size, channels), jnp.float32)
+        params = model.init(key, patches, jnp.zeros((1, 2), jnp.float32))["params"]
+    else:
+        params = model.init(key, jnp.zeros((1, *image_shape[:2], channels), jnp.float32))["params"]
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
+def make_loss_fn(
+    model: Model,
+    spec: RolloutSpec,
+    weights: LossWeights,
+    *,
+    mean_rollout_weight: float = 0.0,
+) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
+    """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
+
+    RAM: the hybrid loss of one sampled episode per image. With ``mean_rollout_weight > 0`` the
+    cross-entropy of a second, deterministic episode (centre first, then the policy mean: the
+    episode evaluation runs) is added with that weight, so the classifier also learns from the
+    glimpses it will see at test time. Baselines: cross-entropy only.
+    """
+    if not isinstance(model, RAM):
+
+        def baseline_loss(params, images, labels, key):
+            del key  # no randomness in a feed-forward classifier
+            logits = model.apply({"params": params}, to_float_images(images))
+            return classifier_loss(logits, labels)
+
+        return baseline_loss
+
+    def ram_loss(params, images, labels, key):
+        traj = rollout(model, params, images, key, spec, mode="sample")
+        loss, metrics = hybrid_loss(traj, labels, weights)
+        if mean_rollout_weight > 0:
+            mean_logits = rollout(model, params, images, key, spec, mode="mean").logits
+            mean_ce = optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels).mean()
+            loss = loss + mean_rollout_weight * mean_ce
+            metrics["mean_classification"] = mean_ce
+            metrics["loss"] = loss
+        return loss, metrics
+
+    return ram_loss
+
+
 def make_train_step(
-    model: RAM,
+    model: Model,
     spec: RolloutSpec,
     weights: LossWeights,
     optimizer: optax.GradientTransformation,
+    *,
+    mean_rollout_weight: float = 0.0,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
-    A non-finite loss or gradient leaves the state untouched and records ``global_step`` in
-    ``carry.halted_at``; every later step is then a no-op.
+    The loss is ``make_loss_fn``'s. A non-finite loss or gradient leaves the state untouched and
+    records ``global_step`` in ``carry.halted_at``; every later step is then a no-op.
     """
-
-    def loss_fn(params, images, labels, key):
-        traj = rollout(model, params, images, key, spec, mode="sample")
-        return hybrid_loss(traj, labels, weights)
+    loss_fn = make_loss_fn(model, spec, weights, mean_rollout_weight=mean_rollout_weight)
 
     def train_step(carry, images, labels, key, global_step):
         state = carry.state
@@ -201,7 +267,7 @@ def make_train_step(
 
 
 def make_train_chunk(
-    model: RAM,
+    model: Model,
     spec: RolloutSpec,
     weights: LossWeights,
     optimizer: optax.GradientTransformation,
@@ -210,6 +276,8 @@ def make_train_chunk(
     num_steps: int,
     steps_per_epoch: int,
     max_shift: int = 0,
+    mean_rollout_weight: float = 0.0,
+    task: TaskSpec | None = None,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -217,8 +285,12 @@ def make_train_chunk(
     the epoch's data order is ``permutation(fold_in(data_key, epoch))``; the span covers its
     batches ``first_step .. first_step + num_steps - 1``; metrics are stacked per step.
     ``max_shift > 0`` moves each training image by a random offset (``augment.random_shift``).
+    A generated ``task`` (translated, cluttered) turns each batch of digits into fresh canvases
+    on the device, with clutter cut from random digits of ``data``.
     """
-    train_step = make_train_step(model, spec, weights, optimizer)
+    train_step = make_train_step(
+        model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight
+    )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
         order = jax.random.permutation(jax.random.fold_in(data_key, epoch), len(data.labels))
@@ -229,6 +301,8 @@ def make_train_chunk(
             global_step = epoch * steps_per_epoch + batch_index
             key = jax.random.fold_in(step_key, global_step)
             images = data.images[idx]
+            if task is not None and task.generated:
+                images = make_batch(jax.random.fold_in(key, 2), task, images, data.images)
             if max_shift:
                 # A stream of its own, so runs without shifts keep their keys.
                 images = random_shift(jax.random.fold_in(key, 1), images, max_shift)
@@ -245,7 +319,11 @@ def make_train_chunk(
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
-    """The task's train / validation / test sets, on the default device."""
+    """The task's train / validation / test sets, on the default device.
+
+    For generated tasks the training set holds 28x28 digits (canvases are made at every step),
+    validation and test hold their fixed canvases.
+    """
     from ram_jax.data import load_mnist, split_train_validation
 
     arrays = load_mnist(
@@ -261,11 +339,18 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
             f"batch_size {config.batch_size} exceeds the {len(train_y)} training images"
         )
 
-    def put(x, y):
-        return Dataset(jax.device_put(x), jax.device_put(y.astype(np.int32)))
+    task = get_task(config.task)
 
-    validation = put(val_x, val_y) if config.validation_size else None
-    return Datasets(put(train_x, train_y), validation, put(arrays.test_images, arrays.test_labels))
+    def put(x, y, split=None):
+        x = jax.device_put(x)
+        if split is not None and task.generated:
+            # Fixed canvases: clutter from the split's own digits, bytes a function of task_seed.
+            x = fixed_set(task, x, x, seed=config.task_seed, split=split)
+        return Dataset(x, jax.device_put(y.astype(np.int32)))
+
+    validation = put(val_x, val_y, "validation") if config.validation_size else None
+    test = put(arrays.test_images, arrays.test_labels, "test")
+    return Datasets(put(train_x, train_y), validation, test)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,14 +407,53 @@ def _chunk_steps(steps_per_epoch: int, requested: int) -> int:
 # The run
 
 
+def replicate_keys(seed: int, num_seeds: int) -> RunKeys:
+    """``run_keys`` of seeds ``seed .. seed + num_seeds - 1``, stacked on a leading axis."""
+    return jax.tree.map(lambda *k: jnp.stack(k), *[run_keys(seed + r) for r in range(num_seeds)])
+
+
+def over_replicates(fn: Callable, num_replicates: int, in_axes: tuple) -> Callable:
+    """``fn`` mapped over a leading replicate axis of the arguments whose ``in_axes`` is 0.
+
+    One replicate skips ``vmap`` (its single-seed numerics stay exactly those of ``fn``) but keeps
+    the axis, so callers handle one and many replicates alike.
+    """
+    if num_replicates > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def single(*args):
+        args = [
+            jax.tree.map(lambda x: x[0], a) if axis == 0 else a
+            for a, axis in zip(args, in_axes, strict=True)
+        ]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return single
+
+
+def replicate(tree: Any, index: int) -> Any:
+    """Replicate ``index`` of a tree stacked on a leading replicate axis."""
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def params_file(seeds: list[int], index: int) -> str:
+    """Where the best parameters of replicate ``index`` are saved in a workdir."""
+    if len(seeds) == 1:
+        return checkpoint.BEST_PARAMS
+    return f"best_params_seed{seeds[index]}.msgpack"
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     *,
     datasets: Datasets | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a RAM in ``workdir`` and writes ``results.json``; returns its content.
+    """Trains (or resumes) ``config.num_seeds`` replicates in ``workdir``; writes ``results.json``.
 
+    Replicate ``r`` uses seed ``config.seed + r`` (parameters, data order, episodes); all are
+    trained together in one compiled program (``jax.vmap`` over the replicate axis), each with its
+    own best epoch on the validation split. Returns the content of ``results.json``.
     ``datasets`` may be given to skip loading (tests); otherwise ``load_datasets(config)``.
     """
     validate_config(config)
@@ -353,17 +477,35 @@ def train_and_evaluate(
     # Written once the data loaded: a run that failed before training binds the workdir to nothing.
     checkpoint.atomic_write_json(config_path, config_dict)
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    task = get_task(config.task)
     steps_per_epoch = len(data.train.labels) // config.batch_size
     optimizer = make_optimizer(config, steps_per_epoch)
-    keys = run_keys(config.seed)
-    state = init_train_state(model, spec, optimizer, keys.init, data.train.images.shape[1:])
+    num_seeds = config.num_seeds
+    seeds = [config.seed + r for r in range(num_seeds)]
+    keys = replicate_keys(config.seed, num_seeds)
+    image_shape = task.image_shape
+    state = jax.jit(
+        over_replicates(
+            lambda key: init_train_state(model, spec, optimizer, key, image_shape),
+            num_seeds,
+            (0,),
+        )
+    )(keys.init)
 
     store = checkpoint.CheckpointStore(workdir / "checkpoints")
-    meta = {"epoch": 0, "best_epoch": 0, "best_val_error_pct": None, "train_seconds": 0.0}
+    meta = {
+        "epoch": 0,
+        "best_epoch": [0] * num_seeds,
+        "best_val_error_pct": [None] * num_seeds,
+        "train_seconds": 0.0,
+    }
     latest = store.latest_epoch()
     if latest is not None:
         state, meta = store.restore(latest, state)
         print(f"resuming {workdir} from epoch {meta['epoch']}", flush=True)
+        for name in ("best_epoch", "best_val_error_pct"):  # one seed, before replicates existed
+            if not isinstance(meta[name], list):
+                meta[name] = [meta[name]]
     metrics_path = workdir / "metrics.jsonl"
     # Epochs logged after the restored checkpoint were lost with the process: drop them.
     history = [r for r in checkpoint.read_jsonl(metrics_path) if r["epoch"] <= meta["epoch"]]
@@ -373,41 +515,60 @@ def train_and_evaluate(
 
     chunk = _chunk_steps(steps_per_epoch, config.steps_per_dispatch)
     train_chunk = jax.jit(
-        make_train_chunk(
-            model,
-            spec,
-            weights,
-            optimizer,
-            batch_size=config.batch_size,
-            num_steps=chunk,
-            steps_per_epoch=steps_per_epoch,
-            max_shift=config.train_shift,
+        over_replicates(
+            make_train_chunk(
+                model,
+                spec,
+                weights,
+                optimizer,
+                batch_size=config.batch_size,
+                num_steps=chunk,
+                steps_per_epoch=steps_per_epoch,
+                max_shift=config.train_shift,
+                mean_rollout_weight=config.mean_rollout_weight,
+                task=task,
+            ),
+            num_seeds,
+            (0, None, 0, 0, None, None),
         )
     )
-    carry = LoopCarry(state, jnp.array(-1, jnp.int32))
+
+    def validation_error(params) -> float:
+        return evaluation.error_pct(
+            model,
+            params,
+            data.validation.images,
+            data.validation.labels,
+            spec,
+            batch_size=config.eval_batch_size,
+        )
+
+    carry = LoopCarry(state, jnp.full((num_seeds,), -1, jnp.int32))
     progress = Progress(config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
     first_epoch = meta["epoch"]
     timed_images, timed_seconds = 0, 0.0  # epochs after this process's first (which compiles)
     for epoch in range(first_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums: dict[str, np.ndarray] = {}
         for first in range(0, steps_per_epoch, chunk):
             carry, step_metrics = train_chunk(carry, data.train, keys.data, keys.step, epoch, first)
-            step_metrics = jax.device_get(step_metrics)
-            halted_at = int(carry.halted_at)
-            if halted_at >= 0:
-                checkpoint.save_params(workdir, carry.state.params, "last_good_params.msgpack")
+            step_metrics = jax.device_get(step_metrics)  # each [replicates, steps]
+            halted = np.asarray(carry.halted_at)
+            if (halted >= 0).any():
+                r = int(np.argmax(halted >= 0))
+                last_good = workdir / "last_good_params.msgpack"
+                checkpoint.save_params(workdir, replicate(carry.state.params, r), last_good.name)
                 progress.close()
                 store.close()
                 raise FloatingPointError(
-                    f"non-finite loss or gradient at step {halted_at} (epoch {epoch + 1}); "
-                    f"training stopped. The last good parameters are in "
-                    f"{workdir / 'last_good_params.msgpack'}, the last epoch checkpoint "
-                    f"(epoch {meta['epoch']}) in {workdir / 'checkpoints'}. Lower the learning "
-                    "rate or set clip_norm, then train in a new workdir."
+                    f"non-finite loss or gradient at step {int(halted[r])} (epoch {epoch + 1}, "
+                    f"seed {seeds[r]}); training stopped. The last good parameters are in "
+                    f"{last_good}, the last epoch checkpoint (epoch {meta['epoch']}) in "
+                    f"{workdir / 'checkpoints'}. Lower the learning rate or set clip_norm, "
+                    "then train in a new workdir."
                 )
             for name, values in step_metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(np.sum(values))
+                sums[name] = sums.get(name, 0.0) + np.sum(values, axis=1)
             done = epoch * steps_per_epoch + first + chunk
             progress.update(
                 done,
@@ -415,33 +576,35 @@ def train_and_evaluate(
                 f"loss {float(np.mean(step_metrics['loss'])):.3f}",
             )
         train_seconds = time.perf_counter() - epoch_start
-        record = {name: total / steps_per_epoch for name, total in sums.items()}
+        per_seed = {name: total / steps_per_epoch for name, total in sums.items()}
+        record: dict[str, Any] = {name: float(np.mean(v)) for name, v in per_seed.items()}
         record.update(
             epoch=epoch + 1,
-            step=int(carry.state.step),
+            step=int(carry.state.step[0]),
             train_seconds=train_seconds,
-            train_images_per_s=steps_per_epoch * config.batch_size / train_seconds,
+            train_images_per_s=steps_per_epoch * config.batch_size * num_seeds / train_seconds,
         )
         if epoch > first_epoch:
-            timed_images += steps_per_epoch * config.batch_size
+            timed_images += steps_per_epoch * config.batch_size * num_seeds
             timed_seconds += train_seconds
-        if data.validation is not None:
-            val_error = evaluation.error_pct(
-                model,
-                carry.state.params,
-                data.validation.images,
-                data.validation.labels,
-                spec,
-                batch_size=config.eval_batch_size,
-            )
-            record["val_error_pct"] = val_error
-            best = meta["best_val_error_pct"]
-            if best is None or val_error < best:
-                meta.update(best_val_error_pct=val_error, best_epoch=epoch + 1)
-                checkpoint.save_params(workdir, carry.state.params)
-        else:
-            meta.update(best_epoch=epoch + 1)
-            checkpoint.save_params(workdir, carry.state.params)
+        val_errors = []
+        for r in range(num_seeds):
+            params = replicate(carry.state.params, r)
+            if data.validation is not None:
+                val_error = validation_error(params)
+                val_errors.append(val_error)
+                best = meta["best_val_error_pct"][r]
+                if best is not None and val_error >= best:
+                    continue
+                meta["best_val_error_pct"][r] = val_error
+            meta["best_epoch"][r] = epoch + 1
+            checkpoint.save_params(workdir, params, params_file(seeds, r))
+        if val_errors:
+            record["val_error_pct"] = float(np.mean(val_errors))
+        if num_seeds > 1:
+            record["per_seed"] = {k: [float(x) for x in v] for k, v in per_seed.items()}
+            if val_errors:
+                record["per_seed"]["val_error_pct"] = val_errors
         meta["epoch"] = epoch + 1
         meta["train_seconds"] += train_seconds
         checkpoint.append_jsonl(metrics_path, record)
@@ -456,23 +619,30 @@ def train_and_evaluate(
     progress.close()
     store.close()
 
-    best_params = checkpoint.load_params(workdir, carry.state.params)
-    report = evaluate_params(
-        model,
-        best_params,
-        spec,
-        data,
-        keys.eval,
-        batch_size=config.eval_batch_size,
-        mc_samples=config.mc_samples,
-    )
+    runs = []
+    for r, seed in enumerate(seeds):
+        best_params = checkpoint.load_params(
+            workdir, replicate(carry.state.params, r), params_file(seeds, r)
+        )
+        report = evaluate_params(
+            model,
+            best_params,
+            spec,
+            data,
+            replicate(keys.eval, r),
+            batch_size=config.eval_batch_size,
+            mc_samples=config.mc_samples,
+        )
+        runs.append({"seed": seed, "best_epoch": meta["best_epoch"][r], **report})
     results = {
         "task": config.task,
+        "model": config.model,
         "num_glimpses": config.num_glimpses,
         "seed": config.seed,
+        "seeds": seeds,
         "epochs": meta["epoch"],
-        "best_epoch": meta["best_epoch"],
-        **report,
+        **_summarise_runs(runs),
+        "runs": runs,
         "train_seconds": meta["train_seconds"],
         "train_images_per_s": timed_images / timed_seconds if timed_seconds else None,
         "wall_seconds_this_process": time.perf_counter() - start,
@@ -482,18 +652,33 @@ def train_and_evaluate(
         "config": config_dict,
     }
     checkpoint.atomic_write_json(workdir / "results.json", results)
-    print(
-        f"done: best epoch {results['best_epoch']}, val {results['val_error_pct']}%, "
-        f"test {results['test_error_pct']:.2f}% (MC{config.mc_samples} "
-        f"{results['test_error_mc_pct']:.2f}%), training time "
-        f"{format_seconds(meta['train_seconds'])}",
-        flush=True,
-    )
+    mc = config.mc_samples
+    for run in runs:
+        which = "" if num_seeds == 1 else f" (seed {run['seed']})"
+        print(
+            f"done{which}: best epoch "
+            f"{run['best_epoch']}, val {run['val_error_pct']}%, test "
+            f"{run['test_error_pct']:.2f}% (MC{mc} {run['test_error_mc_pct']:.2f}%)",
+            flush=True,
+        )
+    print(f"training time {format_seconds(meta['train_seconds'])}", flush=True)
     return results
 
 
+def _summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Top-level result fields: the run itself for one seed, means over seeds for several."""
+    if len(runs) == 1:
+        return {k: v for k, v in runs[0].items() if k != "seed"}
+    summary: dict[str, Any] = {"mc_samples": runs[0]["mc_samples"]}
+    for name in ("val_error_pct", "val_error_mc_pct", "test_error_pct", "test_error_mc_pct"):
+        values = [run[name] for run in runs]
+        summary[name] = None if None in values else round(float(np.mean(values)), 4)
+    summary["best_epoch"] = [run["best_epoch"] for run in runs]
+    return summary
+
+
 def evaluate_params(
-    model: RAM,
+    model: Model,
     params,
     spec: RolloutSpec,
     data: Datasets,
@@ -541,7 +726,10 @@ def evaluate_workdir(
     data_dir: str | None = None,
     datasets: Datasets | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluates the best parameters saved in ``workdir`` (deterministic and Monte-Carlo)."""
+    """Re-evaluates the best parameters saved in ``workdir`` (deterministic and Monte-Carlo).
+
+    A workdir of several seeds gives the means at the top level and each seed under ``runs``.
+    """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -553,18 +741,24 @@ def evaluate_workdir(
     validate_config(config)
     data = datasets if datasets is not None else load_datasets(config)
     model, spec = build_model(config), rollout_spec(config)
-    keys = run_keys(config.seed)
-    target = init_train_state(
-        model, spec, optax.identity(), keys.init, data.train.images.shape[1:]
-    ).params
-    params = checkpoint.load_params(workdir, target)
-    report = evaluate_params(
-        model,
-        params,
-        spec,
-        data,
-        keys.eval,
-        batch_size=config.eval_batch_size,
-        mc_samples=mc_samples,
-    )
-    return {"task": config.task, "num_glimpses": config.num_glimpses, **report}
+    seeds = [config.seed + r for r in range(config.num_seeds)]
+    image_shape = get_task(config.task).image_shape
+    runs = []
+    for r, seed in enumerate(seeds):
+        keys = run_keys(seed)
+        target = init_train_state(model, spec, optax.identity(), keys.init, image_shape).params
+        params = checkpoint.load_params(workdir, target, params_file(seeds, r))
+        report = evaluate_params(
+            model,
+            params,
+            spec,
+            data,
+            keys.eval,
+            batch_size=config.eval_batch_size,
+            mc_samples=mc_samples,
+        )
+        runs.append({"seed": seed, **report})
+    summary = _summarise_runs(runs)
+    summary.pop("best_epoch", None)
+    result = {"task": config.task, "model": config.model, "num_glimpses": config.num_glimpses}
+    return {**result, **summary, **({"runs": runs} if len(runs) > 1 else {})}

@@ -104,9 +104,11 @@ def state_template(config, data: Datasets):
     steps_per_epoch = len(data.train.labels) // config.batch_size
     # Through the module, so that a test's patched optimiser shapes the template too.
     optimizer = train_module.make_optimizer(config, steps_per_epoch)
-    return init_train_state(
+    state = init_train_state(
         model, spec, optimizer, run_keys(config.seed).init, data.train.images.shape[1:]
     )
+    # Checkpoints hold the state of every replicate (seed) stacked on a leading axis.
+    return jax.tree.map(lambda x: jnp.stack([x] * config.num_seeds), state)
 
 
 def restore_checkpoint(workdir, epoch, template):
@@ -305,7 +307,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     template = state_template(config, small_data)
     state_a, meta_a = restore_checkpoint(workdir_a, 3, template)
     state_b, meta_b = restore_checkpoint(workdir_b, 3, template)
-    assert int(state_b.step) == int(state_a.step) == 3 * 20
+    assert int(state_b.step[0]) == int(state_a.step[0]) == 3 * 20
     assert_trees_equal(state_b, state_a)  # parameters and optimiser state, bit for bit
     assert meta_b["best_epoch"] == meta_a["best_epoch"]
     assert meta_b["best_val_error_pct"] == meta_a["best_val_error_pct"]

@@ -1,0 +1,353 @@
+"""Training and inference throughput of RAM, its model FLOP/s, and their ratio to the device's
+own float32 matmul FLOP/s measured in the same run; the last stdout line is one JSON object.
+
+    python -m experiments.bench [--quick] [--configs=mnist28,translated60,cluttered100] \
+        [--batch_sizes=64,256,1024] [--out_json=bench.json] [--out_md=bench.md]
+
+Headline configs (``default_config()`` with the retina and episode length of the paper's tasks;
+images are synthetic uint8 noise made on the device, so no dataset is needed):
+
+- ``mnist28``: 28x28, 6 glimpses of 8x8 at 1 scale;
+- ``translated60``: 60x60, 8 glimpses of 12x12 at 3 scales;
+- ``cluttered100``: 100x100, 8 glimpses of 12x12 at 4 scales.
+
+Training is timed on spans of ``--num_steps`` fused steps (``make_train_chunk`` in one jitted
+``lax.scan``, as ``train.py`` runs them), inference on ``evaluation.predict`` in its
+deterministic mode over as many batches. Each is compiled and run once untimed, then timed
+``--repeats`` times; the best time is reported (the median too, in the JSON), after
+``block_until_ready``.
+
+Model FLOPs per image come from ``ram_jax.flops``: 2 x multiply-adds of the network's layers,
+training counted as 3 x forward (the model-FLOPs convention). ``executed_*`` fields hold the
+jaxpr count of what the timed programs actually run (autodiff skips a few input gradients).
+``--quick`` runs the three headline configs at batch 256.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags, logging
+
+from ram_jax import evaluation, train
+from ram_jax.config import default_config
+from ram_jax.flops import TRAIN_FORWARD_MULTIPLE, jaxpr_flops, ram_flops
+
+# Task-independent fields overridden per headline config, and the synthetic image side.
+HEADLINE_CONFIGS: dict[str, dict[str, int]] = {
+    "mnist28": {"image_size": 28, "num_glimpses": 6, "glimpse_size": 8, "glimpse_scales": 1},
+    "translated60": {
+        "image_size": 60,
+        "num_glimpses": 8,
+        "glimpse_size": 12,
+        "glimpse_scales": 3,
+    },
+    "cluttered100": {
+        "image_size": 100,
+        "num_glimpses": 8,
+        "glimpse_size": 12,
+        "glimpse_scales": 4,
+    },
+}
+QUICK_BATCH_SIZE = 256
+
+_CONFIGS = flags.DEFINE_list(
+    "configs", list(HEADLINE_CONFIGS), f"Headline configs to run, of {list(HEADLINE_CONFIGS)}."
+)
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "256", "1024"], "Batch sizes to run.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, f"Run the three headline configs at batch {QUICK_BATCH_SIZE} only."
+)
+_NUM_STEPS = flags.DEFINE_integer(
+    "num_steps", 20, "Fused training steps per timed span (and inference batches per call)."
+)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the warm-up; the best is kept.")
+_MATMUL_N = flags.DEFINE_integer(
+    "matmul_n", 0, "Side of the square float32 matmul timed (0: 2048 on CPU, 8192 otherwise)."
+)
+_CORE = flags.DEFINE_enum("core", None, ["rnn", "lstm"], "Override the core (default: config's).")
+_OUT_JSON = flags.DEFINE_string("out_json", None, "Also write the JSON report here.")
+_OUT_MD = flags.DEFINE_string("out_md", None, "Also write the markdown table here.")
+
+FLAGS = flags.FLAGS
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+
+
+def bench_config(name: str, core: str | None = None) -> tuple[ml_collections.ConfigDict, int]:
+    """``default_config()`` with a headline config's retina and episode; and its image side."""
+    if name not in HEADLINE_CONFIGS:
+        raise ValueError(f"unknown config {name!r}; expected one of {list(HEADLINE_CONFIGS)}")
+    fields = dict(HEADLINE_CONFIGS[name])
+    image_size = fields.pop("image_size")
+    config = default_config()
+    config.update(fields)
+    if core is not None:
+        config.core = core
+    return config, image_size
+
+
+def synthetic_dataset(key: jax.Array, num_images: int, side: int, num_classes: int):
+    """uint8 noise images [N, side, side] and random labels, generated on the device."""
+
+    # One jitted program: op-by-op dispatch would compile each random op on its own, slowly.
+    @jax.jit
+    def make(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        image_key, label_key = jax.random.split(key)
+        images = jax.random.bits(image_key, (num_images, side, side), jnp.uint8)
+        labels = jax.random.randint(label_key, (num_images,), 0, num_classes, jnp.int32)
+        return images, labels
+
+    return train.Dataset(*make(key))
+
+
+def best_and_median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Wall time of ``fn()`` (its outputs waited for), best and median of ``repeats`` calls."""
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def matmul_flops_per_s(n: int, repeats: int = 10) -> float:
+    """Best FLOP/s of a jitted float32 ``n x n @ n x n`` (2 n^3 FLOPs), at default precision.
+
+    Default precision is what the model's ``Dense`` layers use too, so both sides of the ratio
+    run the same arithmetic (on GPUs that may be TF32).
+    """
+    a_key, b_key = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(a_key, (n, n), jnp.float32)
+    b = jax.random.normal(b_key, (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))  # compile and warm up
+    best, _ = best_and_median_seconds(lambda: matmul(a, b), repeats)
+    return 2 * n**3 / best
+
+
+class TrainSpan(NamedTuple):
+    """One jitted span of fused training steps, ready to run repeatedly."""
+
+    run: Callable[[], Any]  # runs one span (carry threaded from call to call); returns outputs
+    flops: int  # FLOPs of one span as jaxpr_flops counts them (what is executed)
+    images: int  # images processed per span
+    params: Any  # the initial parameters, reused to time inference on the same model
+    data: train.Dataset  # the synthetic training set, reused as the inference set
+
+
+def _train_span(
+    config: ml_collections.ConfigDict, image_size: int, batch_size: int, num_steps: int
+) -> TrainSpan:
+    """A training span as ``train_and_evaluate`` builds it, on a synthetic dataset.
+
+    The one place that knows ``ram_jax.train``'s API for training: adapt it when that changes.
+    The span covers a whole "epoch" (``steps_per_epoch = num_steps``) of ``num_steps * batch``
+    synthetic images.
+    """
+    model, spec = train.build_model(config), train.rollout_spec(config)
+    optimizer = train.make_optimizer(config, num_steps)
+    keys = train.run_keys(config.seed)
+    data = synthetic_dataset(keys.data, num_steps * batch_size, image_size, config.num_classes)
+    # Jitted for the same reason as the dataset: eager init compiles every op separately.
+    state = jax.jit(
+        lambda key: train.init_train_state(model, spec, optimizer, key, (image_size, image_size))
+    )(keys.init)
+    chunk = train.make_train_chunk(
+        model,
+        spec,
+        train.loss_weights(config),
+        optimizer,
+        batch_size=batch_size,
+        num_steps=num_steps,
+        steps_per_epoch=num_steps,
+        max_shift=config.train_shift,
+    )
+    epoch, first_step = jnp.int32(0), jnp.int32(0)
+    carry = train.LoopCarry(state, jnp.array(-1, jnp.int32))
+    flops = jaxpr_flops(chunk, carry, data, keys.data, keys.step, epoch, first_step)
+    jitted = jax.jit(chunk)
+
+    def run() -> Any:
+        nonlocal carry
+        carry, metrics = jitted(carry, data, keys.data, keys.step, epoch, first_step)
+        return carry, metrics
+
+    return TrainSpan(run, flops, num_steps * batch_size, state.params, data)
+
+
+def bench_one(
+    name: str, batch_size: int, *, num_steps: int, repeats: int, core: str | None = None
+) -> dict[str, Any]:
+    """Training and inference throughput and FLOPs of one headline config at one batch size."""
+    config, image_size = bench_config(name, core)
+    model_flops = ram_flops(config)
+
+    # Building, tracing, compiling and one warm-up span: reported, not part of the timing.
+    setup_start = time.perf_counter()
+    span = _train_span(config, image_size, batch_size, num_steps)
+    jax.block_until_ready(span.run())  # compiles, and warms up
+    train_setup_s = time.perf_counter() - setup_start
+    train_best, train_median = best_and_median_seconds(span.run, repeats)
+
+    model, spec = train.build_model(config), train.rollout_spec(config)
+    params, images = span.params, span.data.images
+    eval_key = jax.random.key(2)
+
+    def infer() -> jax.Array:
+        return evaluation.predict(model, params, images, eval_key, spec, batch_size=batch_size)
+
+    infer_flops = jaxpr_flops(
+        evaluation.predict, model, params, images, eval_key, spec, batch_size=batch_size
+    )
+    jax.block_until_ready(infer())
+    infer_best, infer_median = best_and_median_seconds(infer, repeats)
+
+    n_images = span.images
+    train_ips = n_images / train_best
+    infer_ips = len(images) / infer_best
+    return {
+        "name": name,
+        "image_size": image_size,
+        "num_glimpses": config.num_glimpses,
+        "glimpse_size": config.glimpse_size,
+        "glimpse_scales": config.glimpse_scales,
+        "core": config.core,
+        "batch_size": batch_size,
+        "num_steps": num_steps,
+        "images_per_s": train_ips,
+        "images_per_s_median": n_images / train_median,
+        "inference_images_per_s": infer_ips,
+        "inference_images_per_s_median": len(images) / infer_median,
+        "model_flops_per_image": model_flops.training,
+        "inference_model_flops_per_image": model_flops.inference,
+        "executed_flops_per_image": span.flops / n_images,
+        "inference_executed_flops_per_image": infer_flops / len(images),
+        "model_flops_per_s": model_flops.training * train_ips,
+        "inference_model_flops_per_s": model_flops.inference * infer_ips,
+        "train_setup_s": train_setup_s,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def run_bench(
+    names: list[str],
+    batch_sizes: list[int],
+    *,
+    num_steps: int,
+    repeats: int,
+    matmul_n: int,
+    core: str | None = None,
+) -> dict[str, Any]:
+    """The whole report: the matmul reference, then every (config, batch size) row."""
+    if not matmul_n:
+        matmul_n = 2048 if jax.default_backend() == "cpu" else 8192
+    peak = matmul_flops_per_s(matmul_n)
+    print(f"float32 matmul n={matmul_n}: {peak / 1e9:,.1f} GFLOP/s", file=sys.stderr, flush=True)
+    rows = []
+    for name in names:
+        for batch_size in batch_sizes:
+            row = bench_one(name, batch_size, num_steps=num_steps, repeats=repeats, core=core)
+            row["ratio_to_matmul"] = row["model_flops_per_s"] / peak
+            row["inference_ratio_to_matmul"] = row["inference_model_flops_per_s"] / peak
+            rows.append(row)
+            print(
+                f"{name} batch {batch_size}: train {row['images_per_s']:,.0f} img/s "
+                f"({100 * row['ratio_to_matmul']:.1f}% of matmul), inference "
+                f"{row['inference_images_per_s']:,.0f} img/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return {
+        "device": train.describe_device(),
+        "jax_version": jax.__version__,
+        "commit": train.git_commit(),
+        "matmul_n": matmul_n,
+        "matmul_flops_per_s": peak,
+        "ratio_to_matmul": min(row["ratio_to_matmul"] for row in rows),
+        "flops_convention": (
+            "model FLOPs = 2 x multiply-adds of the dense layers (elementwise ops not counted); "
+            f"training = {TRAIN_FORWARD_MULTIPLE} x forward; ratios use best-of-repeats times"
+        ),
+        "num_steps": num_steps,
+        "repeats": repeats,
+        "configs": rows,
+    }
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as a markdown table (FLOPs in mega/giga units), with its reference line."""
+    lines = [
+        f"Device: {report['device']}; jax {report['jax_version']}; commit {report['commit']}",
+        "",
+        f"float32 matmul (n={report['matmul_n']}): "
+        f"{report['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s",
+        "",
+        "| config | batch | train img/s | train MFLOP/img | train GFLOP/s | train % matmul "
+        "| infer img/s | infer MFLOP/img | infer GFLOP/s | infer % matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["configs"]:
+        lines.append(
+            f"| {r['name']} | {r['batch_size']} | {r['images_per_s']:,.0f} "
+            f"| {r['model_flops_per_image'] / 1e6:.2f} | {r['model_flops_per_s'] / 1e9:,.1f} "
+            f"| {100 * r['ratio_to_matmul']:.1f} | {r['inference_images_per_s']:,.0f} "
+            f"| {r['inference_model_flops_per_image'] / 1e6:.2f} "
+            f"| {r['inference_model_flops_per_s'] / 1e9:,.1f} "
+            f"| {100 * r['inference_ratio_to_matmul']:.1f} |"
+        )
+    lines += ["", f"FLOPs: {report['flops_convention']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    if _QUICK.value:
+        names, batch_sizes = list(HEADLINE_CONFIGS), [QUICK_BATCH_SIZE]
+    else:
+        names = _CONFIGS.value
+        try:
+            batch_sizes = [int(b) for b in _BATCH_SIZES.value]
+        except ValueError as e:
+            raise app.UsageError(f"--batch_sizes must be integers: {e}") from e
+    unknown = sorted(set(names) - set(HEADLINE_CONFIGS))
+    if unknown or not names:
+        raise app.UsageError(f"--configs: unknown {unknown}; known {list(HEADLINE_CONFIGS)}")
+    if not batch_sizes or min(batch_sizes) < 1 or _NUM_STEPS.value < 1:
+        raise app.UsageError("--batch_sizes and --num_steps must be positive")
+
+    report = run_bench(
+        names,
+        batch_sizes,
+        num_steps=_NUM_STEPS.value,
+        repeats=_REPEATS.value,
+        matmul_n=_MATMUL_N.value,
+        core=_CORE.value,
+    )
+    table = markdown_table(report)
+    if _OUT_JSON.value:
+        pathlib.Path(_OUT_JSON.value).write_text(json.dumps(report, indent=2, sort_keys=True))
+    if _OUT_MD.value:
+        pathlib.Path(_OUT_MD.value).write_text(table)
+    print(table, flush=True)
+    print(json.dumps(report, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

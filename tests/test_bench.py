@@ -1,0 +1,130 @@
+"""Tests for experiments.bench, run in-process on a tiny setting (no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from absl import app, flags
+
+from experiments import bench
+from ram_jax.flops import ram_flops
+
+FLAGS = flags.FLAGS
+
+
+def run_main(argv: list[str]) -> None:
+    """``bench.main`` with these command-line flags; the flags are reset afterwards."""
+    FLAGS(["bench", *argv])
+    try:
+        bench.main(["bench"])
+    finally:
+        FLAGS.unparse_flags()
+
+
+def last_json_line(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_tiny_bench_reports_consistent_numbers(tmp_path, capsys):
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    run_main(
+        [
+            "--configs=mnist28",
+            "--batch_sizes=8",
+            "--num_steps=2",
+            "--repeats=2",
+            "--matmul_n=64",
+            f"--out_json={out_json}",
+            f"--out_md={out_md}",
+        ]
+    )
+    out = capsys.readouterr().out
+    report = last_json_line(out)
+
+    for key in ("matmul_flops_per_s", "configs", "ratio_to_matmul", "device", "jax_version"):
+        assert key in report
+    assert report["commit"]
+    assert report["matmul_n"] == 64 and report["matmul_flops_per_s"] > 0
+    (row,) = report["configs"]
+    for key in (
+        "images_per_s",
+        "inference_images_per_s",
+        "model_flops_per_image",
+        "inference_model_flops_per_image",
+        "model_flops_per_s",
+        "inference_model_flops_per_s",
+        "ratio_to_matmul",
+        "executed_flops_per_image",
+    ):
+        assert row[key] > 0, key
+    assert (row["name"], row["batch_size"], row["num_steps"]) == ("mnist28", 8, 2)
+
+    config, _ = bench.bench_config("mnist28")
+    expected = ram_flops(config)
+    assert row["model_flops_per_image"] == expected.training
+    assert row["inference_model_flops_per_image"] == expected.inference
+    # The timed programs: inference runs exactly the forward; training a little under 3x.
+    assert row["inference_executed_flops_per_image"] == expected.forward
+    assert 2.5 * expected.forward < row["executed_flops_per_image"] <= expected.training
+    assert row["model_flops_per_s"] == pytest.approx(
+        row["model_flops_per_image"] * row["images_per_s"]
+    )
+    assert row["ratio_to_matmul"] == pytest.approx(
+        row["model_flops_per_s"] / report["matmul_flops_per_s"]
+    )
+    assert row["inference_ratio_to_matmul"] == pytest.approx(
+        row["inference_model_flops_per_s"] / report["matmul_flops_per_s"]
+    )
+    assert report["ratio_to_matmul"] == row["ratio_to_matmul"]
+
+    assert json.loads(out_json.read_text()) == report
+    table = out_md.read_text()
+    assert table in out
+    assert "| mnist28 | 8 |" in table
+
+
+def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run_bench(names, batch_sizes, **kwargs):
+        seen.update(names=names, batch_sizes=batch_sizes)
+        rows = [
+            {
+                "name": name,
+                "batch_size": batch_sizes[0],
+                "images_per_s": 1.0,
+                "model_flops_per_image": 3.0,
+                "model_flops_per_s": 3.0,
+                "ratio_to_matmul": ratio,
+                "inference_images_per_s": 2.0,
+                "inference_model_flops_per_image": 1.0,
+                "inference_model_flops_per_s": 2.0,
+                "inference_ratio_to_matmul": 0.5,
+            }
+            for name, ratio in zip(names, (0.3, 0.1, 0.2), strict=True)
+        ]
+        return {
+            "device": "d",
+            "jax_version": "v",
+            "commit": "c",
+            "matmul_n": 4,
+            "matmul_flops_per_s": 10.0,
+            "ratio_to_matmul": min(r["ratio_to_matmul"] for r in rows),
+            "flops_convention": "x",
+            "configs": rows,
+        }
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    run_main(["--quick", "--configs=mnist28", "--batch_sizes=8"])  # --quick wins
+    assert seen == {"names": ["mnist28", "translated60", "cluttered100"], "batch_sizes": [256]}
+    report = last_json_line(capsys.readouterr().out)
+    assert report["ratio_to_matmul"] == 0.1
+
+
+@pytest.mark.parametrize(
+    "argv", [["--configs=mnist99"], ["--batch_sizes=eight"], ["--batch_sizes=0"]]
+)
+def test_bad_arguments_are_usage_errors(argv):
+    with pytest.raises(app.UsageError):
+        run_main(argv)
