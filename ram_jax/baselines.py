@@ -14,6 +14,8 @@ Images are f32[B, H, W, C] in [0, 1]; the output is logits f32[B, K].
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,13 +31,14 @@ class FullyConnected(nn.Module):
 
     hidden: int = 256
     num_classes: int = 10
+    dtype: Any = jnp.float32  # compute precision; parameters and logits stay float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.reshape(len(images), -1)
-        x = nn.relu(nn.Dense(self.hidden, name="hidden1")(x))
-        x = nn.relu(nn.Dense(self.hidden, name="hidden2")(x))
-        return nn.Dense(self.num_classes, name="logits")(x)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden1")(x))
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden2")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
 
 
 class Convolutional(nn.Module):
@@ -46,6 +49,7 @@ class Convolutional(nn.Module):
     stride: int = 5
     hidden: int = 256
     num_classes: int = 10
+    dtype: Any = jnp.float32  # compute precision; parameters and logits stay float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -59,11 +63,12 @@ class Convolutional(nn.Module):
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
             padding="VALID",
+            dtype=self.dtype,
             name="conv",
         )(images)
         x = nn.relu(x).reshape(len(images), -1)
-        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
-        return nn.Dense(self.num_classes, name="logits")(x)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
 
 
 def classifier_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -33,7 +33,14 @@ DATA_BACKENDS = ("auto", "tfds", "numpy")
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = frozenset(
-    {"data_dir", "tfds_data_dir", "data_backend", "eval_batch_size", "steps_per_dispatch"}
+    {
+        "data_dir",
+        "tfds_data_dir",
+        "data_backend",
+        "eval_batch_size",
+        "steps_per_dispatch",
+        "distributed",
+    }
 )
 
 
@@ -88,6 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.num_epochs = 120
     c.steps_per_dispatch = 0  # training steps per jitted call; 0 = one epoch
+    c.compute_dtype = "float32"  # "bfloat16": mixed precision (float32 parameters), for GPU/TPU
+    c.distributed = False  # True: jax.distributed.initialize() first (several hosts)
     # Evaluation.
     c.eval_batch_size = 1000
     c.mc_samples = 10
@@ -123,6 +132,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     one_of("task", TASKS)
     one_of("model", MODELS)
     one_of("policy", POLICIES)
+    one_of("compute_dtype", ("float32", "bfloat16"))
     one_of("data_backend", DATA_BACKENDS)
     one_of("core", CORES)
     one_of("optimizer", OPTIMIZERS)

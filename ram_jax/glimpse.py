@@ -97,6 +97,9 @@ def _read_padded(
     start = _pixel_start(loc, jnp.asarray(hw, loc.dtype), largest) + pad
     channels = padded.shape[-1]
     big = jax.lax.dynamic_slice(padded, (start[0], start[1], 0), (largest, largest, channels))
+    if big.dtype == jnp.uint8:
+        # Images travel as bytes (a quarter of float32's memory traffic) up to this crop.
+        big = big.astype(jnp.float32) / 255.0
     patches = []
     for k, side in enumerate(sides):
         offset = (largest - side + 1) // 2
@@ -132,7 +135,10 @@ def glimpse(
 
 
 def pad_images(images: jax.Array, *, size: int, scales: int = 1, factor: int = 2) -> jax.Array:
-    """Zero-pads a batch f32[B, H, W, C] once so that many glimpses can be read from it."""
+    """Zero-pads a batch f32[B, H, W, C] once so that many glimpses can be read from it.
+
+    uint8 images stay uint8 (read as ``x / 255`` by ``glimpse_from_padded``).
+    """
     pad = glimpse_pad(size, scales, factor)
     return jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
@@ -149,7 +155,7 @@ def glimpse_from_padded(
     """``batched_glimpse`` on images already padded by ``pad_images`` (the rollout's hot path).
 
     Args:
-      padded: f32[B, H + 2p, W + 2p, C] from ``pad_images``.
+      padded: f32[B, H + 2p, W + 2p, C] from ``pad_images``; uint8 is read as ``x / 255``.
       locs: f32[B, 2] as (y, x) in [-1, 1].
       image_hw: (H, W) of the images before padding.
 

@@ -10,6 +10,8 @@ Shapes: ``B`` batch, ``S`` scales, ``g`` glimpse side, ``C`` channels, ``H`` cor
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,14 +49,19 @@ class GlimpseNetwork(nn.Module):
     patch_hidden: int = 128
     location_hidden: int = 128
     features: int = 256
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
         """patches: f32[B, S, g, g, C]; loc: f32[B, 2] -> f32[B, features]."""
-        h_g = nn.relu(nn.Dense(self.patch_hidden, name="patch")(patches.reshape(len(patches), -1)))
-        h_l = nn.relu(nn.Dense(self.location_hidden, name="where")(loc))
-        what = nn.Dense(self.features, name="what_out")(h_g)
-        where = nn.Dense(self.features, use_bias=False, name="where_out")(h_l)
+        h_g = nn.relu(
+            nn.Dense(self.patch_hidden, dtype=self.dtype, name="patch")(
+                patches.reshape(len(patches), -1)
+            )
+        )
+        h_l = nn.relu(nn.Dense(self.location_hidden, dtype=self.dtype, name="where")(loc))
+        what = nn.Dense(self.features, dtype=self.dtype, name="what_out")(h_g)
+        where = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="where_out")(h_l)
         return nn.relu(what + where)
 
 
@@ -62,14 +69,17 @@ class RNNCore(nn.Module):
     """The paper's core: h_t = ReLU(Linear(h_{t-1}) + Linear(g_t))."""
 
     hidden: int = 256
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
         (h,) = state
         h = nn.relu(
-            nn.Dense(self.hidden, use_bias=False, name="recurrent")(h)
-            + nn.Dense(self.hidden, name="input")(g)
+            nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="recurrent")(h)
+            + nn.Dense(self.hidden, dtype=self.dtype, name="input")(g)
         )
+        # The recurrent state stays float32 whatever the compute precision.
+        h = h.astype(jnp.float32)
         return (h,), h
 
 
@@ -77,37 +87,45 @@ class LSTMCore(nn.Module):
     """An LSTM core (the paper's choice for Catch)."""
 
     hidden: int = 256
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
-        (c, h), out = nn.OptimizedLSTMCell(self.hidden, name="lstm")(state, g)
-        return (c, h), out
+        cell = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name="lstm")
+        (c, h), _ = cell(state, g)
+        c, h = c.astype(jnp.float32), h.astype(jnp.float32)
+        return (c, h), h
 
 
 class LocationNetwork(nn.Module):
     """Mean of the location policy: tanh(Linear(h)) in [-1, 1]^2, as (y, x)."""
 
+    dtype: Any = jnp.float32
+
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        return jnp.tanh(nn.Dense(2, name="mean")(h))
+        return jnp.tanh(nn.Dense(2, dtype=self.dtype, name="mean")(h).astype(jnp.float32))
 
 
 class ActionNetwork(nn.Module):
     """Linear softmax classifier on the final hidden state; returns logits f32[B, K]."""
 
     num_classes: int = 10
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        return nn.Dense(self.num_classes, name="logits")(h)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h).astype(jnp.float32)
 
 
 class BaselineNetwork(nn.Module):
     """The learned baseline b_t = Linear(h_t), an estimate of the expected reward; f32[B]."""
 
+    dtype: Any = jnp.float32
+
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        return nn.Dense(1, name="value")(h)[..., 0]
+        return nn.Dense(1, dtype=self.dtype, name="value")(h)[..., 0].astype(jnp.float32)
 
 
 class RAM(nn.Module):
@@ -123,18 +141,21 @@ class RAM(nn.Module):
     glimpse_features: int = 256
     core: str = "rnn"
     core_hidden: int = 256
+    # Compute precision of every layer (bfloat16 for mixed precision); parameters, the core's
+    # state and every output stay float32.
+    dtype: Any = jnp.float32
 
     def setup(self) -> None:
         if self.core not in CORES:
             raise ValueError(f"unknown core {self.core!r}; expected one of {CORES}")
         self.glimpse_net = GlimpseNetwork(
-            self.patch_hidden, self.location_hidden, self.glimpse_features
+            self.patch_hidden, self.location_hidden, self.glimpse_features, dtype=self.dtype
         )
         core_cls = RNNCore if self.core == "rnn" else LSTMCore
-        self.core_net = core_cls(self.core_hidden)
-        self.location_net = LocationNetwork()
-        self.action_net = ActionNetwork(self.num_classes)
-        self.baseline_net = BaselineNetwork()
+        self.core_net = core_cls(self.core_hidden, dtype=self.dtype)
+        self.location_net = LocationNetwork(dtype=self.dtype)
+        self.action_net = ActionNetwork(self.num_classes, dtype=self.dtype)
+        self.baseline_net = BaselineNetwork(dtype=self.dtype)
 
     def step(
         self, state: CoreState, patches: jax.Array, loc: jax.Array

@@ -106,16 +106,22 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float) -> jax.Array:
     return per_dim.sum(axis=-1)
 
 
-def to_float_images(images: jax.Array) -> jax.Array:
-    """Accepts f32[B, H, W, C], or uint8 in [0, 255] (scaled to [0, 1]); also [B, H, W]."""
+def _check_images(images: jax.Array) -> jax.Array:
+    """f32[B, H, W, C] or u8[B, H, W, C] (uint8 in [0, 255]); [B, H, W] gains a channel axis."""
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"images must have shape (B, H, W, C) or (B, H, W), got {images.shape}")
+    if images.dtype != jnp.uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images must be uint8 or floating point, got dtype {images.dtype}")
+    return images
+
+
+def to_float_images(images: jax.Array) -> jax.Array:
+    """Accepts f32[B, H, W, C], or uint8 in [0, 255] (scaled to [0, 1]); also [B, H, W]."""
+    images = _check_images(images)
     if images.dtype == jnp.uint8:
         return images.astype(jnp.float32) / 255.0
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"images must be uint8 or floating point, got dtype {images.dtype}")
     return images.astype(jnp.float32)
 
 
@@ -144,7 +150,10 @@ def rollout(
     """
     if mode not in MODES:
         raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
-    images = to_float_images(images)
+    # uint8 stays uint8 through padding and cropping: only glimpses are converted to float.
+    images = _check_images(images)
+    if images.dtype != jnp.uint8:
+        images = images.astype(jnp.float32)
     batch, height, width, _ = images.shape
     retina.validate_retina(images.shape[1:], size=spec.size, scales=spec.scales, factor=spec.factor)
     padded = retina.pad_images(images, size=spec.size, scales=spec.scales, factor=spec.factor)

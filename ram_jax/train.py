@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from ram_jax import checkpoint, evaluation
+from ram_jax import checkpoint, evaluation, parallel
 from ram_jax.augment import random_shift
 from ram_jax.baselines import Convolutional, FullyConnected, classifier_loss
 from ram_jax.config import config_differences, config_from_saved, validate_config
@@ -104,12 +105,14 @@ def run_keys(seed: int) -> RunKeys:
 
 
 Model = RAM | FullyConnected | Convolutional
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: ml_collections.ConfigDict) -> Model:
     """The RAM, or the fully connected / convolutional baseline, that ``config.model`` names."""
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
     if config.model == "fc":
-        return FullyConnected(hidden=config.fc_hidden, num_classes=config.num_classes)
+        return FullyConnected(hidden=config.fc_hidden, num_classes=config.num_classes, dtype=dtype)
     if config.model == "conv":
         return Convolutional(
             filters=config.conv_filters,
@@ -117,6 +120,7 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
             stride=config.conv_stride,
             hidden=config.conv_hidden,
             num_classes=config.num_classes,
+            dtype=dtype,
         )
     return RAM(
         num_classes=config.num_classes,
@@ -125,6 +129,7 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         glimpse_features=config.glimpse_features,
         core=config.core,
         core_hidden=config.core_hidden,
+        dtype=dtype,
     )
 
 
@@ -278,6 +283,7 @@ def make_train_chunk(
     max_shift: int = 0,
     mean_rollout_weight: float = 0.0,
     task: TaskSpec | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -286,7 +292,8 @@ def make_train_chunk(
     batches ``first_step .. first_step + num_steps - 1``; metrics are stacked per step.
     ``max_shift > 0`` moves each training image by a random offset (``augment.random_shift``).
     A generated ``task`` (translated, cluttered) turns each batch of digits into fresh canvases
-    on the device, with clutter cut from random digits of ``data``.
+    on the device, with clutter cut from random digits of ``data``. With a ``mesh``
+    (``parallel.data_mesh``) each step's batch is split over its devices (data parallelism).
     """
     train_step = make_train_step(
         model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight
@@ -300,14 +307,17 @@ def make_train_chunk(
             idx = jax.lax.dynamic_slice_in_dim(order, batch_index * batch_size, batch_size)
             global_step = epoch * steps_per_epoch + batch_index
             key = jax.random.fold_in(step_key, global_step)
-            images = data.images[idx]
+            images, labels = data.images[idx], data.labels[idx]
+            if mesh is not None:
+                # Sharded before generation, so each device makes its own part of the batch.
+                images, labels = parallel.shard_batch(mesh, (images, labels))
             if task is not None and task.generated:
                 images = make_batch(jax.random.fold_in(key, 2), task, images, data.images)
             if max_shift:
                 # A stream of its own, so runs without shifts keep their keys.
                 images = random_shift(jax.random.fold_in(key, 1), images, max_shift)
                 key = jax.random.fold_in(key, 0)
-            return train_step(carry, images, data.labels[idx], key, global_step)
+            return train_step(carry, images, labels, key, global_step)
 
         return jax.lax.scan(body, carry, jnp.arange(num_steps))
 
@@ -457,6 +467,10 @@ def train_and_evaluate(
     ``datasets`` may be given to skip loading (tests); otherwise ``load_datasets(config)``.
     """
     validate_config(config)
+    if config.distributed:
+        parallel.initialize_distributed()
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(config.batch_size, mesh)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
@@ -491,6 +505,8 @@ def train_and_evaluate(
             (0,),
         )
     )(keys.init)
+    state = parallel.replicate_on(mesh, state)
+    train_data = parallel.replicate_on(mesh, data.train)
 
     store = checkpoint.CheckpointStore(workdir / "checkpoints")
     meta = {
@@ -502,6 +518,7 @@ def train_and_evaluate(
     latest = store.latest_epoch()
     if latest is not None:
         state, meta = store.restore(latest, state)
+        state = parallel.replicate_on(mesh, state)
         print(f"resuming {workdir} from epoch {meta['epoch']}", flush=True)
         for name in ("best_epoch", "best_val_error_pct"):  # one seed, before replicates existed
             if not isinstance(meta[name], list):
@@ -527,6 +544,7 @@ def train_and_evaluate(
                 max_shift=config.train_shift,
                 mean_rollout_weight=config.mean_rollout_weight,
                 task=task,
+                mesh=mesh,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),
@@ -543,7 +561,8 @@ def train_and_evaluate(
             batch_size=config.eval_batch_size,
         )
 
-    carry = LoopCarry(state, jnp.full((num_seeds,), -1, jnp.int32))
+    # Every input placed as the outputs will be, so the span is traced and compiled once.
+    carry = parallel.replicate_on(mesh, LoopCarry(state, jnp.full((num_seeds,), -1, jnp.int32)))
     progress = Progress(config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
     first_epoch = meta["epoch"]
     timed_images, timed_seconds = 0, 0.0  # epochs after this process's first (which compiles)
@@ -551,7 +570,7 @@ def train_and_evaluate(
         epoch_start = time.perf_counter()
         sums: dict[str, np.ndarray] = {}
         for first in range(0, steps_per_epoch, chunk):
-            carry, step_metrics = train_chunk(carry, data.train, keys.data, keys.step, epoch, first)
+            carry, step_metrics = train_chunk(carry, train_data, keys.data, keys.step, epoch, first)
             step_metrics = jax.device_get(step_metrics)  # each [replicates, steps]
             halted = np.asarray(carry.halted_at)
             if (halted >= 0).any():

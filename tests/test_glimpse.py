@@ -391,3 +391,14 @@ def test_batched_argument_checks():
 def test_validate_retina_accepts_valid():
     validate_retina((28, 28, 1), size=8, scales=3, factor=2)
     validate_retina((5, 7, 4), size=5, scales=1)
+
+
+def test_uint8_images_read_as_float_over_255_at_every_scale():
+    # The rollout pads and crops bytes, converting only the crop: the glimpse must not change.
+    raw = np.random.default_rng(3).integers(0, 256, size=(4, 33, 41, 2), dtype=np.uint8)
+    locs = jnp.asarray([[-1.0, -1.0], [0.3, -0.7], [0.0, 0.0], [1.0, 0.9]])
+    as_bytes = batched_glimpse(jnp.asarray(raw), locs, size=5, scales=3)
+    as_float = batched_glimpse(jnp.asarray(raw, jnp.float32) / 255.0, locs, size=5, scales=3)
+    assert as_bytes.dtype == jnp.float32
+    np.testing.assert_allclose(as_bytes, as_float, rtol=1e-6, atol=1e-7)
+    assert float(as_bytes.max()) <= 1.0
