@@ -692,7 +692,8 @@ def _summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("val_error_pct", "val_error_mc_pct", "test_error_pct", "test_error_mc_pct"):
         values = [run[name] for run in runs]
         summary[name] = None if None in values else round(float(np.mean(values)), 4)
-    summary["best_epoch"] = [run["best_epoch"] for run in runs]
+    if all("best_epoch" in run for run in runs):
+        summary["best_epoch"] = [run["best_epoch"] for run in runs]
     return summary
 
 
@@ -778,6 +779,5 @@ def evaluate_workdir(
         )
         runs.append({"seed": seed, **report})
     summary = _summarise_runs(runs)
-    summary.pop("best_epoch", None)
     result = {"task": config.task, "model": config.model, "num_glimpses": config.num_glimpses}
     return {**result, **summary, **({"runs": runs} if len(runs) > 1 else {})}

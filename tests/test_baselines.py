@@ -61,16 +61,31 @@ def synthetic_images(n: int, side: int = 28, num_classes: int = 4, seed: int = 0
 # Shapes and parameters
 
 
+def small_baseline(name: str):
+    return FullyConnected(hidden=16) if name == "fc" else Convolutional(hidden=16)
+
+
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", BASELINES)
 def test_output_shape(name, side):
-    model = FullyConnected(hidden=16) if name == "fc" else Convolutional(hidden=16)
-    params = init_params(model, side)
-    images = jax.random.uniform(jax.random.key(1), (3, side, side, 1))
-    logits = model.apply({"params": params}, images)
+    model = small_baseline(name)
+    # Shapes only (jax.eval_shape): nothing is computed.
+    logits = jax.eval_shape(
+        lambda: model.apply({"params": init_params(model, side)}, jnp.zeros((3, side, side, 1)))
+    )
     assert logits.shape == (3, 10)
     assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_output_values_per_image(name):
+    model = small_baseline(name)
+    params = init_params(model, 28)
+    images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    logits = model.apply({"params": params}, images)
+    assert logits.shape == (3, 10)
     assert bool(jnp.all(jnp.isfinite(logits)))
+    assert not np.allclose(logits[0], logits[1])  # different images, different outputs
     # Each image is classified on its own: a batch of one gives the same row.
     np.testing.assert_allclose(
         model.apply({"params": params}, images[1:2])[0], logits[1], rtol=1e-4, atol=1e-5
@@ -262,7 +277,7 @@ def test_model_trains_on_separable_data(name, bound):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_error_pct_of_a_baseline(name):
-    model = FullyConnected(hidden=16) if name == "fc" else Convolutional(hidden=16)
+    model = small_baseline(name)
     images, labels = synthetic_images(50, seed=2)
     params = init_params(model, 28, key=3)
     logits = model.apply({"params": params}, images[..., None].astype(jnp.float32) / 255.0)

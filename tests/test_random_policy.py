@@ -32,7 +32,9 @@ def make_spec(policy: str) -> RolloutSpec:
 def setup():
     model = RAM(**TINY)
     spec = make_spec("random")
-    params = init_train_state(model, spec, optax.identity(), jax.random.key(0), (28, 28)).params
+    params = jax.jit(lambda k: init_train_state(model, spec, optax.identity(), k, (28, 28)).params)(
+        jax.random.key(0)
+    )
     images = jax.random.randint(jax.random.key(1), (B, 28, 28), 0, 256).astype(jnp.uint8)
     labels = jax.random.randint(jax.random.key(2), (B,), 0, 10)
     run = jax.jit(rollout, static_argnames=("model", "spec", "mode"))
