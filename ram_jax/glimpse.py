@@ -97,16 +97,21 @@ def _read_padded(
     start = _pixel_start(loc, jnp.asarray(hw, loc.dtype), largest) + pad
     channels = padded.shape[-1]
     big = jax.lax.dynamic_slice(padded, (start[0], start[1], 0), (largest, largest, channels))
-    if big.dtype == jnp.uint8:
-        # Images travel as bytes (a quarter of float32's memory traffic) up to this crop.
-        big = big.astype(jnp.float32) / 255.0
+    exact = big.dtype == jnp.uint8
+    if exact:
+        # Bytes are pooled as exact int32 sums and scaled once: XLA vectorises integer
+        # reductions on CPU but keeps float ones in order (measured 16x faster on 96x96 crops).
+        big = big.astype(jnp.int32)
     patches = []
     for k, side in enumerate(sides):
         offset = (largest - side + 1) // 2
         crop = big[offset : offset + side, offset : offset + side]
         block = factor**k
-        pooled = crop.reshape(size, block, size, block, channels).mean(axis=(1, 3))
-        patches.append(pooled)
+        # Separable: columns, then rows.
+        pooled = crop.reshape(side, size, block, channels).sum(axis=2)
+        pooled = pooled.reshape(size, block, size, channels).sum(axis=1)
+        scale = 1.0 / (block * block * (255.0 if exact else 1.0))
+        patches.append(pooled.astype(jnp.float32) * scale)
     return jnp.stack(patches)
 
 
