@@ -12,7 +12,7 @@ Conventions
   FLOPs utilisation): it counts the work of the model, not what a particular autodiff happens to
   execute. JAX skips ``dx`` where no gradient flows (the patch and location inputs, the heads
   behind ``stop_gradient``), so the executed count, which ``jaxpr_flops`` of a training step
-  gives, is somewhat lower (about 2.8x the forward for the default 28x28 model).
+  gives, is slightly lower (2.96x the forward for the default 28x28 model).
 
 ``jaxpr_flops`` exists because XLA's ``compiled.cost_analysis()`` counts the body of a
 ``scan`` (a ``while`` loop once compiled) a single time, whatever its trip count, so it

@@ -258,7 +258,7 @@ def test_make_optimizer_clips_global_norm():
 
 
 def test_there_are_shipped_checkpoints():
-    assert [p.parent.name for p in SHIPPED] == ["mnist28"]
+    assert [p.parent.name for p in SHIPPED] == ["mnist28", "translated60"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)

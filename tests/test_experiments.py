@@ -124,3 +124,19 @@ def test_unknown_override_is_rejected(tmp_path):
     assert proc.returncode != 0, describe(proc)
     assert "not_a_field" in proc.stderr, describe(proc)
     assert not (workdir / "config.json").exists()
+
+
+SHIPPED = sorted(p.parent for p in (REPO_ROOT / "checkpoints").glob("*/results.json"))
+
+
+@needs_mnist
+@pytest.mark.parametrize("workdir", SHIPPED, ids=lambda p: p.name)
+def test_shipped_checkpoint_reproduces_its_results(workdir):
+    from ram_jax.train import evaluate_workdir
+
+    results = json.loads((workdir / "results.json").read_text())
+    report = evaluate_workdir(workdir, mc_samples=results["mc_samples"], data_dir=str(MNIST_DIR))
+    assert report["task"] == workdir.name
+    for name in ("val_error_pct", "val_error_mc_pct", "test_error_pct", "test_error_mc_pct"):
+        # Exactly the same errors: older results files kept unrounded floats (0.5700000000000001).
+        assert report[name] == pytest.approx(results[name], abs=1e-9), name
