@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train import assert_trees_equal
+from test_train import restore_checkpoint as restore
 
 from ram_jax import checkpoint
 from ram_jax import train as train_module
@@ -84,22 +86,6 @@ def state_template(config, steps_per_epoch: int):
         return jax.tree.map(lambda x: jnp.stack([x] * config.num_seeds), state)
 
     return jax.eval_shape(stacked)
-
-
-def restore(workdir, epoch: int, template):
-    store = checkpoint.CheckpointStore(workdir / "checkpoints")
-    try:
-        return store.restore(epoch, template)
-    finally:
-        store.close()
-
-
-def assert_trees_equal(a, b):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def without_timing(records):
