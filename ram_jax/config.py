@@ -93,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.warmup_epochs = 1
     c.clip_norm = 5.0  # global gradient norm; 0 disables clipping
     c.batch_size = 64
+    c.rollouts_per_image = 1  # > 1: that many episodes per training image and step
     c.num_epochs = 120
     c.steps_per_dispatch = 0  # training steps per jitted call; 0 = one epoch
     c.compute_dtype = "float32"  # "bfloat16": mixed precision (float32 parameters), for GPU/TPU
@@ -148,6 +149,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "core_hidden",
         "num_classes",
         "batch_size",
+        "rollouts_per_image",
         "num_epochs",
         "eval_batch_size",
         "mc_samples",

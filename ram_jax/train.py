@@ -284,6 +284,7 @@ def make_train_chunk(
     mean_rollout_weight: float = 0.0,
     task: TaskSpec | None = None,
     mesh: Mesh | None = None,
+    rollouts_per_image: int = 1,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -294,6 +295,8 @@ def make_train_chunk(
     A generated ``task`` (translated, cluttered) turns each batch of digits into fresh canvases
     on the device, with clutter cut from random digits of ``data``. With a ``mesh``
     (``parallel.data_mesh``) each step's batch is split over its devices (data parallelism).
+    ``rollouts_per_image > 1`` runs that many episodes on every image of a batch (each with its
+    own glimpse path), so a step sees ``batch_size * rollouts_per_image`` episodes.
     """
     train_step = make_train_step(
         model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight
@@ -307,6 +310,8 @@ def make_train_chunk(
             idx = jax.lax.dynamic_slice_in_dim(order, batch_index * batch_size, batch_size)
             global_step = epoch * steps_per_epoch + batch_index
             key = jax.random.fold_in(step_key, global_step)
+            if rollouts_per_image > 1:
+                idx = jnp.repeat(idx, rollouts_per_image)
             images, labels = data.images[idx], data.labels[idx]
             if mesh is not None:
                 # Sharded before generation, so each device makes its own part of the batch.
@@ -545,6 +550,7 @@ def train_and_evaluate(
                 mean_rollout_weight=config.mean_rollout_weight,
                 task=task,
                 mesh=mesh,
+                rollouts_per_image=config.rollouts_per_image,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -384,3 +384,40 @@ def test_train_and_evaluate_on_translated60(tmp_path, seen_shapes, monkeypatch):
     records = checkpoint.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [10]
     assert np.isfinite(records[0]["loss"])
+
+
+@pytest.mark.parametrize("rollouts", [1, 2, 3])
+def test_rollouts_per_image_repeat_each_image(rollouts, monkeypatch):
+    seen = {}
+
+    def recording_step(model, spec, weights, optimizer, **kwargs):
+        def step(carry, images, labels, key, global_step):
+            seen["shape"] = images.shape
+            # Consecutive groups of `rollouts` episodes must share their image and label.
+            grouped = images.reshape(-1, rollouts, *images.shape[1:])
+            same = jnp.all(grouped == grouped[:, :1]) & jnp.all(
+                labels.reshape(-1, rollouts) == labels.reshape(-1, rollouts)[:, :1]
+            )
+            distinct = jnp.any(grouped[1:, 0] != grouped[:-1, 0])
+            return carry, {"same": same, "distinct": distinct}
+
+        return step
+
+    monkeypatch.setattr(train_module, "make_train_step", recording_step)
+    batch, steps = 4, 3
+    # Every image distinct (its index written in pixel [0, 0]); labels follow the index.
+    images = (
+        jnp.zeros((batch * steps, 28, 28), jnp.uint8)
+        .at[:, 0, 0]
+        .set(jnp.arange(1, 13, dtype=jnp.uint8))
+    )
+    data = train_module.Dataset(images, jnp.arange(batch * steps, dtype=jnp.int32) % 10)
+    chunk = train_module.make_train_chunk(
+        None, None, None, None, batch_size=batch, num_steps=steps, steps_per_epoch=steps,
+        rollouts_per_image=rollouts,
+    )  # fmt: skip
+    carry = train_module.LoopCarry(None, jnp.array(-1, jnp.int32))
+    _, metrics = chunk(carry, data, jax.random.key(0), jax.random.key(1), 0, 0)
+    assert seen["shape"] == (batch * rollouts, 28, 28)
+    assert bool(metrics["same"].all())
+    assert bool(metrics["distinct"].all())
