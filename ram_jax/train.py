@@ -296,7 +296,8 @@ def make_train_chunk(
     on the device, with clutter cut from random digits of ``data``. With a ``mesh``
     (``parallel.data_mesh``) each step's batch is split over its devices (data parallelism).
     ``rollouts_per_image > 1`` runs that many episodes on every image of a batch (each with its
-    own glimpse path), so a step sees ``batch_size * rollouts_per_image`` episodes.
+    own glimpse path), so a step sees ``batch_size * rollouts_per_image`` episodes; on a
+    generated task each copy of a digit gets a canvas of its own.
     """
     train_step = make_train_step(
         model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight
