@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from ram_jax.losses import REWARDS
 from ram_jax.networks import CORES
 from ram_jax.rollout import POLICIES
 from ram_jax.tasks import TASKS as TASK_SPECS
@@ -76,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.glimpse_features = 256
     c.core = "rnn"  # "rnn" (the paper's ReLU RNN) or "lstm"
     c.core_hidden = 256
+    c.location_mlp = 0  # > 0: a ReLU layer of that many units in the location network
     c.num_classes = 10
     # Location policy and loss.
     c.loc_std = 0.1
@@ -85,10 +87,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.reinforce_weight = 1.0
     c.baseline_weight = 1.0
     c.mean_rollout_weight = 0.0  # > 0: add the cross-entropy of a deterministic episode
+    c.reward = "correct"  # "correct" (the paper: 1 if right) or "probability" (p of the label)
     # Optimisation.
     c.optimizer = "adam"  # or "sgd" (with momentum)
     c.learning_rate = 1e-3
     c.momentum = 0.9  # sgd only
+    c.weight_decay = 0.0  # > 0: decoupled decay, lr * weight_decay per step (AdamW for adam)
     c.lr_schedule = "cosine"  # or "constant"
     c.warmup_epochs = 1
     c.clip_norm = 5.0  # global gradient norm; 0 disables clipping
@@ -138,6 +142,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     one_of("core", CORES)
     one_of("optimizer", OPTIMIZERS)
     one_of("lr_schedule", SCHEDULES)
+    one_of("reward", REWARDS)
     for name in (
         "num_glimpses",
         "glimpse_size",
@@ -169,11 +174,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "steps_per_dispatch",
         "warmup_epochs",
         "seed",
+        "location_mlp",
     ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
     _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
+    _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _check(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")
     _check(
         config.warmup_epochs < config.num_epochs,

@@ -85,15 +85,16 @@ def ram_forward_flops_per_image(
     core: str = "rnn",
     core_hidden: int = 256,
     num_classes: int = 10,
+    location_mlp: int = 0,
 ) -> int:
     """FLOPs of one RAM episode on one image, as ``rollout`` computes it (any mode).
 
     Per glimpse: the glimpse network (patch ``S*g*g*C -> Ph``, location ``2 -> Lh``, then
     ``Ph -> F`` and ``Lh -> F``), the core (RNN: ``F -> H`` and ``H -> H``; LSTM: four gates,
-    each ``F -> H`` and ``H -> H``), the location head ``H -> 2`` and the baseline head
-    ``H -> 1``. The rollout evaluates both heads at every glimpse, the last included (its
-    outputs are then dropped), so they count ``T`` times. Once per episode: the action head
-    ``H -> K``.
+    each ``F -> H`` and ``H -> H``), the location head ``H -> 2`` (``H -> M -> 2`` with
+    ``location_mlp = M > 0``) and the baseline head ``H -> 1``. The rollout evaluates both
+    heads at every glimpse, the last included (its outputs are then dropped), so they count
+    ``T`` times. Once per episode: the action head ``H -> K``.
     """
     if core not in ("rnn", "lstm"):
         raise ValueError(f"unknown core {core!r}; expected 'rnn' or 'lstm'")
@@ -106,7 +107,10 @@ def ram_forward_flops_per_image(
     )
     gates = 1 if core == "rnn" else 4
     core_net = gates * (glimpse_features * core_hidden + core_hidden * core_hidden)
-    heads = core_hidden * 2 + core_hidden * 1
+    location_head = (
+        (core_hidden * location_mlp + location_mlp * 2) if location_mlp else core_hidden * 2
+    )
+    heads = location_head + core_hidden * 1
     multiply_adds = num_glimpses * (glimpse_net + core_net + heads) + core_hidden * num_classes
     return 2 * multiply_adds
 
@@ -132,6 +136,7 @@ def ram_flops(config: Any, channels: int = 1) -> RamFlops:
         core=config.core,
         core_hidden=config.core_hidden,
         num_classes=config.num_classes,
+        location_mlp=config.location_mlp,
     )
     return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * forward)
 

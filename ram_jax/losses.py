@@ -4,7 +4,10 @@
          + w_rl * -sum_t log pi(l_{t+1} | h_t) * stop_gradient(R - b_t)
          + w_b  * mean_t (R - b_t)^2
 
-with reward ``R = 1`` when the final classification is correct, else 0. Terms are averaged over
+with reward ``R = 1`` when the final classification is correct, else 0 (``reward="correct"``, the
+paper's), or ``R = p(label)``, the probability the action network gives the true class
+(``reward="probability"``, not in the paper: a smooth reward that still ranks glimpse paths
+once nearly every episode is correct). Terms are averaged over
 the batch; the REINFORCE term sums over the ``T - 1`` location decisions (the score-function
 estimator of the episode's return), the baseline term averages over them.
 """
@@ -19,7 +22,9 @@ import optax
 
 from ram_jax.rollout import Trajectory
 
-__all__ = ["LossWeights", "hybrid_loss", "rewards"]
+__all__ = ["REWARDS", "LossWeights", "hybrid_loss", "rewards"]
+
+REWARDS = ("correct", "probability")
 
 
 class LossWeights(NamedTuple):
@@ -33,13 +38,26 @@ class LossWeights(NamedTuple):
 DEFAULT_WEIGHTS = LossWeights()
 
 
-def rewards(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """f32[B]: 1 where the argmax class equals the label, else 0. Carries no gradient."""
-    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+def rewards(logits: jax.Array, labels: jax.Array, kind: str = "correct") -> jax.Array:
+    """f32[B], carrying no gradient.
+
+    ``"correct"``: 1 where the argmax class equals the label, else 0. ``"probability"``: the
+    softmax probability of the label.
+    """
+    if kind == "correct":
+        return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if kind == "probability":
+        probs = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+        return jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+    raise ValueError(f"unknown reward {kind!r}; expected one of {REWARDS}")
 
 
 def hybrid_loss(
-    traj: Trajectory, labels: jax.Array, weights: LossWeights = DEFAULT_WEIGHTS
+    traj: Trajectory,
+    labels: jax.Array,
+    weights: LossWeights = DEFAULT_WEIGHTS,
+    *,
+    reward: str = "correct",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss and its parts.
 
@@ -47,16 +65,18 @@ def hybrid_loss(
       traj: a sampled trajectory (``rollout(..., mode="sample")``).
       labels: int[B] class indices.
       weights: the terms' weights.
+      reward: what an episode earns, ``"correct"`` (the paper) or ``"probability"``.
 
     Returns:
       ``(loss, metrics)``; metrics hold ``loss``, ``classification``, ``reinforce``,
-      ``baseline`` (each unweighted), ``accuracy`` and ``mean_baseline``.
+      ``baseline`` (each unweighted), ``accuracy``, ``mean_reward`` and ``mean_baseline``.
     """
     if labels.shape != traj.logits.shape[:1]:
         raise ValueError(
             f"labels must have shape {traj.logits.shape[:1]}, got {tuple(labels.shape)}"
         )
-    reward = rewards(traj.logits, labels)
+    correct = rewards(traj.logits, labels)
+    reward = correct if reward == "correct" else rewards(traj.logits, labels, reward)
     classification = optax.softmax_cross_entropy_with_integer_labels(traj.logits, labels).mean()
     advantage = jax.lax.stop_gradient(reward[None, :] - traj.baselines)
     reinforce = -(traj.log_probs * advantage).sum(axis=0).mean()
@@ -73,7 +93,8 @@ def hybrid_loss(
         "classification": classification,
         "reinforce": reinforce,
         "baseline": baseline,
-        "accuracy": reward.mean(),
+        "accuracy": correct.mean(),
+        "mean_reward": reward.mean(),
         "mean_baseline": traj.baselines.sum() / decisions,
     }
     return loss, metrics

@@ -98,12 +98,19 @@ class LSTMCore(nn.Module):
 
 
 class LocationNetwork(nn.Module):
-    """Mean of the location policy: tanh(Linear(h)) in [-1, 1]^2, as (y, x)."""
+    """Mean of the location policy: tanh(Linear(h)) in [-1, 1]^2, as (y, x).
 
+    ``hidden > 0`` puts a ReLU layer of that many units before the output (not in the paper,
+    which uses one linear layer).
+    """
+
+    hidden: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
+        if self.hidden:
+            h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(h))
         return jnp.tanh(nn.Dense(2, dtype=self.dtype, name="mean")(h).astype(jnp.float32))
 
 
@@ -141,6 +148,7 @@ class RAM(nn.Module):
     glimpse_features: int = 256
     core: str = "rnn"
     core_hidden: int = 256
+    location_mlp: int = 0  # > 0: a hidden ReLU layer of that many units in the location network
     # Compute precision of every layer (bfloat16 for mixed precision); parameters, the core's
     # state and every output stay float32.
     dtype: Any = jnp.float32
@@ -153,7 +161,7 @@ class RAM(nn.Module):
         )
         core_cls = RNNCore if self.core == "rnn" else LSTMCore
         self.core_net = core_cls(self.core_hidden, dtype=self.dtype)
-        self.location_net = LocationNetwork(dtype=self.dtype)
+        self.location_net = LocationNetwork(self.location_mlp, dtype=self.dtype)
         self.action_net = ActionNetwork(self.num_classes, dtype=self.dtype)
         self.baseline_net = BaselineNetwork(dtype=self.dtype)
 

@@ -129,6 +129,7 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         glimpse_features=config.glimpse_features,
         core=config.core,
         core_hidden=config.core_hidden,
+        location_mlp=config.location_mlp,
         dtype=dtype,
     )
 
@@ -159,7 +160,11 @@ def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
 def make_optimizer(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
-    """Clipping (optional), then Adam or momentum SGD under a warmup + constant/cosine schedule."""
+    """Clipping (optional), then Adam or momentum SGD under a warmup + constant/cosine schedule.
+
+    ``weight_decay > 0`` decays every parameter by ``learning rate * weight_decay`` per step,
+    decoupled from the gradient (AdamW; for SGD the same decay added to the update).
+    """
     total = config.num_epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "cosine":
@@ -171,10 +176,19 @@ def make_optimizer(
         schedule = optax.join_schedules([ramp, main], [warmup])
     else:
         schedule = main
-    if config.optimizer == "adam":
+    # Without decay the plain transforms: their state has the structure older checkpoints hold.
+    if config.optimizer == "adam" and config.weight_decay == 0:
         opt = optax.adam(schedule)
-    else:
+    elif config.optimizer == "adam":
+        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    elif config.weight_decay == 0:
         opt = optax.sgd(schedule, momentum=config.momentum)
+    else:
+        opt = optax.chain(
+            optax.trace(decay=config.momentum),
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_learning_rate(schedule),
+        )
     if config.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
     return opt
@@ -206,13 +220,15 @@ def make_loss_fn(
     weights: LossWeights,
     *,
     mean_rollout_weight: float = 0.0,
+    reward: str = "correct",
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
     RAM: the hybrid loss of one sampled episode per image. With ``mean_rollout_weight > 0`` the
     cross-entropy of a second, deterministic episode (centre first, then the policy mean: the
     episode evaluation runs) is added with that weight, so the classifier also learns from the
-    glimpses it will see at test time. Baselines: cross-entropy only.
+    glimpses it will see at test time. ``reward`` is what an episode earns (``losses.rewards``).
+    Baselines: cross-entropy only.
     """
     if not isinstance(model, RAM):
 
@@ -225,7 +241,7 @@ def make_loss_fn(
 
     def ram_loss(params, images, labels, key):
         traj = rollout(model, params, images, key, spec, mode="sample")
-        loss, metrics = hybrid_loss(traj, labels, weights)
+        loss, metrics = hybrid_loss(traj, labels, weights, reward=reward)
         if mean_rollout_weight > 0:
             mean_logits = rollout(model, params, images, key, spec, mode="mean").logits
             mean_ce = optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels).mean()
@@ -244,13 +260,16 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     mean_rollout_weight: float = 0.0,
+    reward: str = "correct",
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
     The loss is ``make_loss_fn``'s. A non-finite loss or gradient leaves the state untouched and
     records ``global_step`` in ``carry.halted_at``; every later step is then a no-op.
     """
-    loss_fn = make_loss_fn(model, spec, weights, mean_rollout_weight=mean_rollout_weight)
+    loss_fn = make_loss_fn(
+        model, spec, weights, mean_rollout_weight=mean_rollout_weight, reward=reward
+    )
 
     def train_step(carry, images, labels, key, global_step):
         state = carry.state
@@ -285,6 +304,7 @@ def make_train_chunk(
     task: TaskSpec | None = None,
     mesh: Mesh | None = None,
     rollouts_per_image: int = 1,
+    reward: str = "correct",
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -300,7 +320,7 @@ def make_train_chunk(
     generated task each copy of a digit gets a canvas of its own.
     """
     train_step = make_train_step(
-        model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight
+        model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight, reward=reward
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -552,6 +572,7 @@ def train_and_evaluate(
                 task=task,
                 mesh=mesh,
                 rollouts_per_image=config.rollouts_per_image,
+                reward=config.reward,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -117,6 +117,8 @@ def test_unknown_field_is_named():
         ("reinforce_weight", -1.0, "reinforce_weight"),
         ("seed", -1, "seed"),
         ("train_shift", -1, "train_shift"),
+        ("reward", "accuracy", "reward must be one of"),
+        ("weight_decay", -0.1, "weight_decay must be >= 0"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
@@ -251,6 +253,31 @@ def test_make_optimizer_clips_global_norm():
     opt = train.make_optimizer(config, steps_per_epoch=10)
     updates, _ = opt.update(grads, opt.init(params), params)
     np.testing.assert_allclose(updates["w"], [-30.0, -40.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_make_optimizer_weight_decay(optimizer):
+    # Zero gradients isolate the decay: each step moves a parameter by -lr * weight_decay * p.
+    config = default_config()
+    config.optimizer, config.warmup_epochs, config.lr_schedule = optimizer, 0, "constant"
+    config.learning_rate, config.weight_decay = 0.1, 0.5
+    opt = train.make_optimizer(config, steps_per_epoch=10)
+    params = {"w": jnp.array([2.0, -4.0])}
+    updates, _ = opt.update({"w": jnp.zeros((2,))}, opt.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-0.1, 0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_make_optimizer_without_decay_keeps_the_plain_state(optimizer):
+    # Checkpoints of runs made before weight_decay existed hold the plain optimiser's state;
+    # with weight_decay = 0 its structure must not change, or they could not resume.
+    config = default_config()
+    config.optimizer, config.clip_norm = optimizer, 0.0
+    params = {"w": jnp.zeros((2,))}
+    lr = optax.constant_schedule(1e-3)  # any schedule: the state holds its step count
+    plain = optax.adam(lr) if optimizer == "adam" else optax.sgd(lr, momentum=0.9)
+    state = train.make_optimizer(config, steps_per_epoch=10).init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(plain.init(params))
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ram_jax import flops
+from ram_jax import flops, train
 from ram_jax.config import default_config
 from ram_jax.losses import hybrid_loss
 from ram_jax.networks import RAM
@@ -239,6 +239,25 @@ def test_analytic_formula_matches_jaxpr_of_full_size_rollout(core, side, glimpse
     expected = flops.ram_flops(config)
     assert count == 3 * expected.forward
     assert expected.training == 3 * expected.forward == 3 * expected.inference
+
+
+@pytest.mark.parametrize("location_mlp", [0, 32])
+def test_analytic_formula_counts_the_location_mlp(location_mlp):
+    config = default_config()
+    config.location_mlp = location_mlp
+    model = train.build_model(config)
+    spec = train.rollout_spec(config)
+    patches = jax.ShapeDtypeStruct((1, 1, 8, 8, 1), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), patches, jnp.zeros((1, 2)))["params"]
+    images = jax.ShapeDtypeStruct((2, 28, 28), jnp.uint8)
+    count = flops.jaxpr_flops(rollout, model, params, images, jax.random.key(0), spec)
+    assert count == 2 * flops.ram_flops(config).forward
+    # H -> M -> 2 in place of H -> 2, at each of the 6 glimpses.
+    linear_head = 2 * 6 * 256 * 2
+    mlp_head = 2 * 6 * (256 * 32 + 32 * 2)
+    base = default_config()
+    extra = mlp_head - linear_head if location_mlp else 0
+    assert flops.ram_flops(config).forward == flops.ram_flops(base).forward + extra
 
 
 def hand_gradient_flops(core: str, reinforce_through_core: bool) -> int:

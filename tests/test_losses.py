@@ -154,3 +154,43 @@ def test_single_glimpse_episode_has_a_finite_loss():
     np.testing.assert_allclose(metrics["reinforce"], 0.0)
     np.testing.assert_allclose(metrics["baseline"], 0.0)
     np.testing.assert_allclose(loss, CE, rtol=1e-6)
+
+
+# The "probability" reward: R = softmax(logits)[label], here the probability of class 0.
+P_LABEL = np.array(
+    [
+        math.exp(2.0) / (math.exp(2.0) + math.exp(1.0) + math.exp(0.1)),
+        math.exp(0.5) / (math.exp(0.5) + math.exp(2.5) + 1.0),
+    ]
+)
+
+
+def test_probability_reward_by_hand():
+    np.testing.assert_allclose(
+        rewards(jnp.asarray(LOGITS), LABELS, "probability"), P_LABEL, rtol=1e-6
+    )
+    advantage = P_LABEL[None, :] - np.asarray(BASELINES)
+    reinforce = -(np.asarray(LOG_PROBS) * advantage).sum(axis=0).mean()
+    baseline = np.square(advantage).mean()
+    loss, metrics = hybrid_loss(make_traj(), LABELS, reward="probability")
+    np.testing.assert_allclose(metrics["reinforce"], reinforce, rtol=1e-5)
+    np.testing.assert_allclose(metrics["baseline"], baseline, rtol=1e-5)
+    np.testing.assert_allclose(metrics["mean_reward"], P_LABEL.mean(), rtol=1e-6)
+    # Accuracy still counts correct episodes, whatever the reward.
+    np.testing.assert_allclose(metrics["accuracy"], 0.5)
+    np.testing.assert_allclose(loss, CE + reinforce + baseline, rtol=1e-5)
+
+
+def test_probability_reward_sends_no_gradient_to_the_logits():
+    # The reward is a probability of the logits but must act as a constant: only the
+    # cross-entropy may train the action network.
+    def f(logits):
+        traj = make_traj(logits=logits)
+        return hybrid_loss(traj, LABELS, LossWeights(0.0, 1.0, 1.0), reward="probability")[0]
+
+    np.testing.assert_array_equal(jax.grad(f)(jnp.asarray(LOGITS)), 0.0)
+
+
+def test_unknown_reward():
+    with pytest.raises(ValueError, match="unknown reward 'accuracy'"):
+        hybrid_loss(make_traj(), LABELS, reward="accuracy")
