@@ -7,9 +7,9 @@
 with reward ``R = 1`` when the final classification is correct, else 0 (``reward="correct"``, the
 paper's), or ``R = p(label)``, the probability the action network gives the true class
 (``reward="probability"``, not in the paper: a smooth reward that still ranks glimpse paths
-once nearly every episode is correct). Terms are averaged over
-the batch; the REINFORCE term sums over the ``T - 1`` location decisions (the score-function
-estimator of the episode's return), the baseline term averages over them.
+once nearly every episode is correct). Terms are averaged over the batch; the REINFORCE term
+sums over the ``T - 1`` location decisions (the score-function estimator of the episode's
+return), the baseline term averages over them.
 """
 
 from __future__ import annotations
