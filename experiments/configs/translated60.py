@@ -15,6 +15,11 @@ Other rows of the table as arguments (``ram_jax.config.apply_row_args``):
 Training canvases are generated on the device at every step; validation and test canvases are
 fixed by ``task_seed`` (``ram_jax.tasks``). Optimisation starts from the 28x28 choices and is
 not tuned for this task yet; BUILD_NOTES.md records every run made with this file.
+
+Expected with ``--config.num_epochs=100`` (seed 0, 2-core AMD EPYC CPU, 11 minutes of training;
+shipped as ``checkpoints/translated60``, provisional): validation 2.47%, test 2.39% with one
+deterministic rollout and 1.52% averaging 10 sampled rollouts, still improving when it stopped
+(target 1.0%, paper 1.20-1.84%).
 """
 
 import ml_collections
