@@ -76,13 +76,13 @@ def hybrid_loss(
             f"labels must have shape {traj.logits.shape[:1]}, got {tuple(labels.shape)}"
         )
     correct = rewards(traj.logits, labels)
-    reward = correct if reward == "correct" else rewards(traj.logits, labels, reward)
+    earned = correct if reward == "correct" else rewards(traj.logits, labels, reward)
     classification = optax.softmax_cross_entropy_with_integer_labels(traj.logits, labels).mean()
-    advantage = jax.lax.stop_gradient(reward[None, :] - traj.baselines)
+    advantage = jax.lax.stop_gradient(earned[None, :] - traj.baselines)
     reinforce = -(traj.log_probs * advantage).sum(axis=0).mean()
     # With one glimpse there is no location decision: empty terms must read 0, not NaN.
     decisions = max(1, traj.baselines.size)
-    baseline = jnp.square(reward[None, :] - traj.baselines).sum() / decisions
+    baseline = jnp.square(earned[None, :] - traj.baselines).sum() / decisions
     loss = (
         weights.classification * classification
         + weights.reinforce * reinforce
@@ -94,7 +94,7 @@ def hybrid_loss(
         "reinforce": reinforce,
         "baseline": baseline,
         "accuracy": correct.mean(),
-        "mean_reward": reward.mean(),
+        "mean_reward": earned.mean(),
         "mean_baseline": traj.baselines.sum() / decisions,
     }
     return loss, metrics
