@@ -158,11 +158,19 @@ class Row:
     """One configuration: its label, config (without seed fields) and the runs that share it."""
 
     task: str
-    base_label: str  # the paper-table label (``row_label``)
+    base_label: str  # the paper-table label (``row_label``): the key to the paper's numbers
     config: dict[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)  # one per results file
     runs: list[dict[str, Any]] = field(default_factory=list)  # one per seed
-    label: str = ""  # ``base_label``, plus the fields that tell it apart from same-label rows
+    label: str = ""  # ``model_label``, plus the fields that tell it apart from same-label rows
+
+    @property
+    def model_label(self) -> str:
+        """``base_label``, naming the core when it is not the paper's ReLU RNN."""
+        core = self.config.get("core") or "rnn"
+        if self.config.get("model") == "ram" and core != "rnn":
+            return f"{self.base_label} ({core.upper()} core)"
+        return self.base_label
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -181,8 +189,9 @@ def _value_text(value: Any) -> str:
 def group_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
     """Groups per-seed runs by configuration; rows sorted by task (paper order), then label.
 
-    Rows of one task that share a label but differ in config get the differing fields appended,
-    e.g. ``"RAM 6 glimpses (learning_rate=0.003)"``.
+    A RAM whose core is not the paper's RNN says so (``"RAM 8 glimpses (LSTM core)"``); its
+    paper numbers are still the row's. Rows of one task that share a label but differ in config
+    get the differing fields appended, e.g. ``"RAM 6 glimpses (learning_rate=0.003)"``.
     """
     rows: dict[str, Row] = {}
     for result in results:
@@ -199,16 +208,16 @@ def group_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
 
     by_label: dict[tuple[str, str], list[Row]] = {}
     for row in rows.values():
-        by_label.setdefault((row.task, row.base_label), []).append(row)
+        by_label.setdefault((row.task, row.model_label), []).append(row)
     for same in by_label.values():
         if len(same) == 1:
-            same[0].label = same[0].base_label
+            same[0].label = same[0].model_label
             continue
         names = sorted(set().union(*(r.config for r in same)))
         differing = [n for n in names if len({_value_text(r.config.get(n)) for r in same}) > 1]
         for r in same:
             detail = ", ".join(f"{n}={_value_text(r.config.get(n))}" for n in differing)
-            r.label = f"{r.base_label} ({detail})"
+            r.label = f"{r.model_label} ({detail})"
 
     for row in rows.values():
         seeds = [run["seed"] for run in row.runs if run["seed"] is not None]

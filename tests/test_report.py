@@ -251,6 +251,24 @@ def test_same_label_different_configs_stay_apart(tmp_path: Path) -> None:
     }
 
 
+def test_a_core_other_than_the_papers_is_named_and_keeps_the_paper_numbers(
+    tmp_path: Path,
+) -> None:
+    paths = [
+        write_result(tmp_path / "rnn", task="translated60", num_glimpses=8, core="rnn", test=2.0),
+        write_result(tmp_path / "lstm", task="translated60", num_glimpses=8, core="lstm", test=1.0),
+        write_result(tmp_path / "fc", task="translated60", model="fc", fc_hidden=64, core="lstm"),
+    ]
+    _, rows = rows_of(paths)
+    got = {r["model"]: (r["test %"], r["paper arXiv v1"], r["paper NIPS"]) for r in rows}
+    assert got == {
+        "RAM 8 glimpses": ("2.00", "1.84", "1.20"),
+        "RAM 8 glimpses (LSTM core)": ("1.00", "1.84", "1.20"),
+        # The core field means nothing to a baseline: no suffix.
+        "FC 64": ("1.00", "7.56", "6.42"),
+    }
+
+
 def test_missing_values_and_mixed_mc_samples(tmp_path: Path) -> None:
     paths = [
         write_result(tmp_path / "a", seed=0, test=2.0, test_mc=None, train_seconds=None,
