@@ -285,7 +285,12 @@ def test_make_optimizer_without_decay_keeps_the_plain_state(optimizer):
 
 
 def test_there_are_shipped_checkpoints():
-    assert [p.parent.name for p in SHIPPED] == ["cluttered60", "mnist28", "translated60"]
+    assert [p.parent.name for p in SHIPPED] == [
+        "cluttered100",
+        "cluttered60",
+        "mnist28",
+        "translated60",
+    ]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
