@@ -169,7 +169,15 @@ class RAM(nn.Module):
         self, state: CoreState, patches: jax.Array, loc: jax.Array
     ) -> tuple[CoreState, jax.Array]:
         """One glimpse: patches f32[B, S, g, g, C], loc f32[B, 2] -> (state, h f32[B, H])."""
-        return self.core_net(state, self.glimpse_net(patches, loc))
+        return self.update_core(state, self.encode_glimpse(patches, loc))
+
+    def encode_glimpse(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
+        """g_t f32[B, glimpse_features] from the glimpse network: the first half of ``step``."""
+        return self.glimpse_net(patches, loc)
+
+    def update_core(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
+        """The core's update from glimpse features g_t: the second half of ``step``."""
+        return self.core_net(state, g)
 
     def location_mean(self, h: jax.Array) -> jax.Array:
         return self.location_net(h)

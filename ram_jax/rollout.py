@@ -32,6 +32,7 @@ __all__ = [
     "POLICIES",
     "RolloutSpec",
     "Trajectory",
+    "dropout",
     "gaussian_log_prob",
     "mc_class_probs",
     "rollout",
@@ -106,6 +107,17 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float) -> jax.Array:
     return per_dim.sum(axis=-1)
 
 
+def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout: each entry zeroed with probability ``rate``, survivors scaled by
+    ``1 / (1 - rate)`` so the expectation is unchanged. ``rate == 0`` returns ``x``."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def _check_images(images: jax.Array) -> jax.Array:
     """f32[B, H, W, C] or u8[B, H, W, C] (uint8 in [0, 255]); [B, H, W] gains a channel axis."""
     if images.ndim == 3:
@@ -133,6 +145,7 @@ def rollout(
     spec: RolloutSpec,
     *,
     mode: str = "sample",
+    dropout_rate: float = 0.0,
 ) -> Trajectory:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
@@ -144,12 +157,18 @@ def rollout(
       spec: the episode's static description.
       mode: ``"sample"`` draws locations from the policy (training, Monte-Carlo evaluation);
         ``"mean"`` starts at the centre and follows the policy mean (the key is unused).
+      dropout_rate: training only (not in the paper): inverted dropout at this rate on every
+        glimpse's features g_t before the core and on the final state before the action
+        network, with masks from ``fold_in`` of the step keys (so 0, the default, leaves every
+        trajectory exactly as without it). Evaluation leaves it at 0.
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
     """
     if mode not in MODES:
         raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     # uint8 stays uint8 through padding and cropping: only glimpses are converted to float.
     images = _check_images(images)
     if images.dtype != jnp.uint8:
@@ -172,7 +191,12 @@ def rollout(
         patches = retina.glimpse_from_padded(
             padded, loc, (height, width), size=spec.size, scales=spec.scales, factor=spec.factor
         )
-        state, h = model.apply(variables, state, patches, loc, method=RAM.step)
+        if dropout_rate > 0:
+            g = model.apply(variables, patches, loc, method=RAM.encode_glimpse)
+            g = dropout(jax.random.fold_in(step_key, 1), g, dropout_rate)
+            state, h = model.apply(variables, state, g, method=RAM.update_core)
+        else:
+            state, h = model.apply(variables, state, patches, loc, method=RAM.step)
         policy_input = h if spec.reinforce_through_core else jax.lax.stop_gradient(h)
         mean = model.apply(variables, policy_input, method=RAM.location_mean)
         baseline = model.apply(variables, jax.lax.stop_gradient(h), method=RAM.baseline)
@@ -195,7 +219,8 @@ def rollout(
     (state, _), (locs, means, log_probs, baselines) = jax.lax.scan(
         glimpse_step, (state0, first_loc), step_keys
     )
-    logits = model.apply(variables, state[-1], method=RAM.classify)
+    final = dropout(jax.random.fold_in(first_key, 1), state[-1], dropout_rate)
+    logits = model.apply(variables, final, method=RAM.classify)
     # The last step's policy output chooses no glimpse: drop it.
     return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits)
 

@@ -221,6 +221,7 @@ def make_loss_fn(
     *,
     mean_rollout_weight: float = 0.0,
     reward: str = "correct",
+    dropout_rate: float = 0.0,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -228,6 +229,7 @@ def make_loss_fn(
     cross-entropy of a second, deterministic episode (centre first, then the policy mean: the
     episode evaluation runs) is added with that weight, so the classifier also learns from the
     glimpses it will see at test time. ``reward`` is what an episode earns (``losses.rewards``).
+    ``dropout_rate`` applies dropout in the training episodes (``rollout``'s argument).
     Baselines: cross-entropy only.
     """
     if not isinstance(model, RAM):
@@ -240,10 +242,12 @@ def make_loss_fn(
         return baseline_loss
 
     def ram_loss(params, images, labels, key):
-        traj = rollout(model, params, images, key, spec, mode="sample")
+        traj = rollout(model, params, images, key, spec, mode="sample", dropout_rate=dropout_rate)
         loss, metrics = hybrid_loss(traj, labels, weights, reward=reward)
         if mean_rollout_weight > 0:
-            mean_logits = rollout(model, params, images, key, spec, mode="mean").logits
+            mean_logits = rollout(
+                model, params, images, key, spec, mode="mean", dropout_rate=dropout_rate
+            ).logits
             mean_ce = optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels).mean()
             loss = loss + mean_rollout_weight * mean_ce
             metrics["mean_classification"] = mean_ce
@@ -261,6 +265,7 @@ def make_train_step(
     *,
     mean_rollout_weight: float = 0.0,
     reward: str = "correct",
+    dropout_rate: float = 0.0,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
@@ -268,7 +273,12 @@ def make_train_step(
     records ``global_step`` in ``carry.halted_at``; every later step is then a no-op.
     """
     loss_fn = make_loss_fn(
-        model, spec, weights, mean_rollout_weight=mean_rollout_weight, reward=reward
+        model,
+        spec,
+        weights,
+        mean_rollout_weight=mean_rollout_weight,
+        reward=reward,
+        dropout_rate=dropout_rate,
     )
 
     def train_step(carry, images, labels, key, global_step):
@@ -305,6 +315,7 @@ def make_train_chunk(
     mesh: Mesh | None = None,
     rollouts_per_image: int = 1,
     reward: str = "correct",
+    dropout_rate: float = 0.0,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -320,7 +331,13 @@ def make_train_chunk(
     generated task each copy of a digit gets a canvas of its own.
     """
     train_step = make_train_step(
-        model, spec, weights, optimizer, mean_rollout_weight=mean_rollout_weight, reward=reward
+        model,
+        spec,
+        weights,
+        optimizer,
+        mean_rollout_weight=mean_rollout_weight,
+        reward=reward,
+        dropout_rate=dropout_rate,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -573,6 +590,7 @@ def train_and_evaluate(
                 mesh=mesh,
                 rollouts_per_image=config.rollouts_per_image,
                 reward=config.reward,
+                dropout_rate=config.dropout,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

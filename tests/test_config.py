@@ -119,12 +119,21 @@ def test_unknown_field_is_named():
         ("train_shift", -1, "train_shift"),
         ("reward", "accuracy", "reward must be one of"),
         ("weight_decay", -0.1, "weight_decay must be >= 0"),
+        ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+        ("dropout", -0.1, r"dropout must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
     config = default_config()
     config[field] = value
     with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+def test_dropout_on_a_baseline_rejected():
+    config = default_config()
+    config.model, config.dropout = "fc", 0.2
+    with pytest.raises(ValueError, match="dropout is implemented for model 'ram' only"):
         validate_config(config)
 
 

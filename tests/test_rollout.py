@@ -12,7 +12,14 @@ import pytest
 
 from ram_jax.glimpse import batched_glimpse
 from ram_jax.networks import CORES, RAM, initial_core_state
-from ram_jax.rollout import RolloutSpec, Trajectory, gaussian_log_prob, mc_class_probs, rollout
+from ram_jax.rollout import (
+    RolloutSpec,
+    Trajectory,
+    dropout,
+    gaussian_log_prob,
+    mc_class_probs,
+    rollout,
+)
 
 B, HW, K = 4, 16, 5
 TINY = dict(num_classes=K, patch_hidden=8, location_hidden=8, glimpse_features=16, core_hidden=16)
@@ -376,3 +383,53 @@ def test_bad_images_rejected(rnn):
         rollout(model, params, jnp.zeros((HW, HW)), key, SPEC)
     with pytest.raises(ValueError, match="larger than"):
         rollout(model, params, jnp.zeros((B, 3, 3, 1)), key, SPEC)
+
+
+# ------------------------------------------------------------------------------------------
+# Dropout (training only)
+
+
+def test_dropout_zeroes_at_rate_and_scales_survivors():
+    x = jnp.arange(1.0, 20_001.0).reshape(100, 200)
+    y = np.asarray(dropout(jax.random.key(0), x, 0.25))
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+    assert abs(1 - kept.mean() - 0.25) < 0.01  # 20,000 draws: 4 sigma is about 0.012
+    np.testing.assert_array_equal(np.asarray(dropout(jax.random.key(0), x, 0.0)), np.asarray(x))
+    np.testing.assert_array_equal(y, np.asarray(dropout(jax.random.key(0), x, 0.25)))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_dropout_rejects_bad_rate(rnn, rate):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        dropout(jax.random.key(0), jnp.ones(3), rate)
+    model, params = rnn
+    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+        rollout(model, params, make_images(), jax.random.key(0), SPEC, dropout_rate=rate)
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("mode", ["sample", "mean"])
+def test_rollout_dropout_is_keyed_and_changes_the_episode(core, mode):
+    model, params = make_model(core)
+    images = make_images()
+    plain = _np(rollout(model, params, images, jax.random.key(3), SPEC, mode=mode))
+    a = _np(rollout(model, params, images, jax.random.key(3), SPEC, mode=mode, dropout_rate=0.5))
+    b = _np(rollout(model, params, images, jax.random.key(3), SPEC, mode=mode, dropout_rate=0.5))
+    c = _np(rollout(model, params, images, jax.random.key(4), SPEC, mode=mode, dropout_rate=0.5))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # The first glimpse is read before any dropout; later steps and the logits see it.
+    np.testing.assert_array_equal(a.locations[0], plain.locations[0])
+    assert not np.allclose(a.logits, plain.logits)
+    assert not np.allclose(a.baselines, plain.baselines)
+    assert not np.allclose(a.logits, c.logits)
+
+
+def test_rollout_dropout_rate_zero_is_the_plain_episode(rnn):
+    model, params = rnn
+    images = make_images()
+    plain = _np(rollout(model, params, images, jax.random.key(5), SPEC))
+    zero = _np(rollout(model, params, images, jax.random.key(5), SPEC, dropout_rate=0.0))
+    for x, y in zip(plain, zero, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -424,6 +424,28 @@ def test_train_step_non_finite_loss_halts(step_setup):
     assert_trees_equal(carry.state, state)
 
 
+def test_train_step_dropout_changes_the_update_and_stays_keyed():
+    config = small_config(warmup_epochs=0, lr_schedule="constant")
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    state = init_train_state(model, spec, optimizer, jax.random.key(0), (28, 28))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+    carry = LoopCarry(state, jnp.array(-1, jnp.int32))
+
+    def one_step(rate, key):
+        step = jax.jit(make_train_step(model, spec, weights, optimizer, dropout_rate=rate))
+        return step(carry, images, labels, jax.random.key(key), jnp.int32(0))
+
+    plain, _ = one_step(0.0, 1)
+    dropped, metrics = one_step(0.5, 1)
+    assert np.isfinite(metrics["loss"])
+    assert not trees_equal(plain.state.params, dropped.state.params)
+    assert_trees_equal(dropped, one_step(0.5, 1)[0])
+    assert not trees_equal(dropped.state.params, one_step(0.5, 2)[0].state.params)
+
+
 # --------------------------------------------------------------------------------------------
 # Spans of steps: compile once, keys, dispatch splitting
 
