@@ -19,10 +19,11 @@ not tuned for this task yet. The core is an LSTM, not the paper's ReLU RNN: on v
 reached 6.01% after 60 epochs against 8.79% for the RNN after 100 (BUILD_NOTES.md records every
 run made with this file). ``--config.core=rnn`` gives the paper's core.
 
-Expected with ``--config.num_epochs=60`` (seed 0, 2-core AMD EPYC CPU, 26 minutes of training
-beside another run; shipped as ``checkpoints/cluttered60``, provisional): validation 6.01%,
-test 6.21% with one deterministic rollout and 3.74% averaging 10 sampled rollouts, still
-improving when it stopped (target 2.6%, paper 4.04-5.23%).
+Expected with ``--config.num_epochs=300`` (seed 0, 2-core AMD EPYC CPU, 1 h 42 min of
+training, part of it beside other runs; shipped as ``checkpoints/cluttered60``): validation
+4.60%, test 4.90% with one deterministic rollout and 2.73% averaging 10 sampled rollouts
+(target 2.6%, paper 4.04-5.23%). With ``--config.num_epochs=60`` (26 minutes): validation
+6.01%, test 6.21% / 3.74%.
 """
 
 import ml_collections
