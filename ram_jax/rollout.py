@@ -191,12 +191,9 @@ def rollout(
         patches = retina.glimpse_from_padded(
             padded, loc, (height, width), size=spec.size, scales=spec.scales, factor=spec.factor
         )
-        if dropout_rate > 0:
-            g = model.apply(variables, patches, loc, method=RAM.encode_glimpse)
-            g = dropout(jax.random.fold_in(step_key, 1), g, dropout_rate)
-            state, h = model.apply(variables, state, g, method=RAM.update_core)
-        else:
-            state, h = model.apply(variables, state, patches, loc, method=RAM.step)
+        g = model.apply(variables, patches, loc, method=RAM.encode_glimpse)
+        g = dropout(jax.random.fold_in(step_key, 1), g, dropout_rate)
+        state, h = model.apply(variables, state, g, method=RAM.update_core)
         policy_input = h if spec.reinforce_through_core else jax.lax.stop_gradient(h)
         mean = model.apply(variables, policy_input, method=RAM.location_mean)
         baseline = model.apply(variables, jax.lax.stop_gradient(h), method=RAM.baseline)

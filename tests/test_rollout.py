@@ -424,12 +424,3 @@ def test_rollout_dropout_is_keyed_and_changes_the_episode(core, mode):
     assert not np.allclose(a.logits, plain.logits)
     assert not np.allclose(a.baselines, plain.baselines)
     assert not np.allclose(a.logits, c.logits)
-
-
-def test_rollout_dropout_rate_zero_is_the_plain_episode(rnn):
-    model, params = rnn
-    images = make_images()
-    plain = _np(rollout(model, params, images, jax.random.key(5), SPEC))
-    zero = _np(rollout(model, params, images, jax.random.key(5), SPEC, dropout_rate=0.0))
-    for x, y in zip(plain, zero, strict=True):
-        np.testing.assert_array_equal(x, y)
