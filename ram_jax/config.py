@@ -78,6 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.core = "rnn"  # "rnn" (the paper's ReLU RNN) or "lstm"
     c.core_hidden = 256
     c.location_mlp = 0  # > 0: a ReLU layer of that many units in the location network
+    c.pixel_mean = 0.0  # RAM: glimpse pixels enter as (x - pixel_mean) / pixel_std (not paper)
+    c.pixel_std = 1.0
     c.dropout = 0.0  # > 0: dropout on glimpse features and final state, training only (not paper)
     c.num_classes = 10
     # Location policy and loss.
@@ -183,6 +185,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _check(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")
+    _check(config.pixel_std > 0, f"pixel_std must be positive, got {config.pixel_std!r}")
     _check(0 <= config.dropout < 1, f"dropout must be in [0, 1), got {config.dropout}")
     _check(
         config.dropout == 0 or config.model == "ram",

@@ -44,21 +44,30 @@ def initial_core_state(core: str, batch_size: int, hidden: int) -> CoreState:
 
 
 class GlimpseNetwork(nn.Module):
-    """g = ReLU(Linear(h_g) + Linear(h_l)), h_g = ReLU(Linear(rho)), h_l = ReLU(Linear(l))."""
+    """g = ReLU(Linear(h_g) + Linear(h_l)), h_g = ReLU(Linear(rho)), h_l = ReLU(Linear(l)).
+
+    ``rho`` is read as ``(patches - pixel_mean) / pixel_std``. The defaults (0, 1) are the paper's
+    raw pixels; other values describe the same set of functions (the first layer's weights and
+    bias absorb them) but change how it trains: on raw non-negative pixels every weight of a
+    patch unit moves the same way at each step (BUILD_NOTES.md, "28x28 MNIST: search").
+    """
 
     patch_hidden: int = 128
     location_hidden: int = 128
     features: int = 256
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
         """patches: f32[B, S, g, g, C]; loc: f32[B, 2] -> f32[B, features]."""
-        h_g = nn.relu(
-            nn.Dense(self.patch_hidden, dtype=self.dtype, name="patch")(
-                patches.reshape(len(patches), -1)
-            )
-        )
+        if self.pixel_std <= 0:
+            raise ValueError(f"pixel_std must be positive, got {self.pixel_std!r}")
+        rho = patches.reshape(len(patches), -1)
+        if (self.pixel_mean, self.pixel_std) != (0.0, 1.0):
+            rho = (rho - self.pixel_mean) / self.pixel_std
+        h_g = nn.relu(nn.Dense(self.patch_hidden, dtype=self.dtype, name="patch")(rho))
         h_l = nn.relu(nn.Dense(self.location_hidden, dtype=self.dtype, name="where")(loc))
         what = nn.Dense(self.features, dtype=self.dtype, name="what_out")(h_g)
         where = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="where_out")(h_l)
@@ -149,6 +158,9 @@ class RAM(nn.Module):
     core: str = "rnn"
     core_hidden: int = 256
     location_mlp: int = 0  # > 0: a hidden ReLU layer of that many units in the location network
+    # Glimpse pixels are fed as (x - pixel_mean) / pixel_std; (0, 1) is the paper's raw input.
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
     # Compute precision of every layer (bfloat16 for mixed precision); parameters, the core's
     # state and every output stay float32.
     dtype: Any = jnp.float32
@@ -157,7 +169,12 @@ class RAM(nn.Module):
         if self.core not in CORES:
             raise ValueError(f"unknown core {self.core!r}; expected one of {CORES}")
         self.glimpse_net = GlimpseNetwork(
-            self.patch_hidden, self.location_hidden, self.glimpse_features, dtype=self.dtype
+            self.patch_hidden,
+            self.location_hidden,
+            self.glimpse_features,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            dtype=self.dtype,
         )
         core_cls = RNNCore if self.core == "rnn" else LSTMCore
         self.core_net = core_cls(self.core_hidden, dtype=self.dtype)

@@ -130,6 +130,8 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         core=config.core,
         core_hidden=config.core_hidden,
         location_mlp=config.location_mlp,
+        pixel_mean=float(config.pixel_mean),
+        pixel_std=float(config.pixel_std),
         dtype=dtype,
     )
 

@@ -121,6 +121,8 @@ def test_unknown_field_is_named():
         ("weight_decay", -0.1, "weight_decay must be >= 0"),
         ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
         ("dropout", -0.1, r"dropout must be in \[0, 1\)"),
+        ("pixel_std", 0.0, "pixel_std must be positive"),
+        ("pixel_std", -0.3, "pixel_std must be positive"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
@@ -175,8 +177,10 @@ def test_config_fields_reach_the_model_and_spec():
     config.core, config.core_hidden, config.num_classes = "lstm", 32, 7
     config.glimpse_scales, config.glimpse_factor, config.loc_std = 3, 3, 0.2
     config.reinforce_through_core = True
+    config.pixel_mean, config.pixel_std = 0.25, 0.5
     model, spec = train.build_model(config), train.rollout_spec(config)
     assert (model.core, model.core_hidden, model.num_classes) == ("lstm", 32, 7)
+    assert (model.pixel_mean, model.pixel_std) == (0.25, 0.5)
     assert (spec.scales, spec.factor, spec.loc_std, spec.reinforce_through_core) == (
         3,
         3,

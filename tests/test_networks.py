@@ -59,6 +59,27 @@ def test_glimpse_network_uses_both_what_and_where():
     assert not np.allclose(net.apply(variables, patches, -loc), base)
 
 
+def test_glimpse_network_normalises_pixels():
+    # (patches - 0.25) / 0.5 fed to the default network is what pixel_mean/pixel_std do.
+    patches, loc = _inputs()
+    plain = GlimpseNetwork(patch_hidden=8, location_hidden=8, features=16)
+    variables = _init(plain, patches, loc)
+    normed = GlimpseNetwork(
+        patch_hidden=8, location_hidden=8, features=16, pixel_mean=0.25, pixel_std=0.5
+    )
+    got = normed.apply(variables, patches, loc)
+    expected = plain.apply(variables, (patches - 0.25) * 2.0, loc)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got, plain.apply(variables, patches, loc))
+
+
+@pytest.mark.parametrize("std", [0.0, -1.0])
+def test_glimpse_network_rejects_non_positive_pixel_std(std):
+    patches, loc = _inputs()
+    with pytest.raises(ValueError, match="pixel_std must be positive"):
+        _init(GlimpseNetwork(pixel_std=std), patches, loc)
+
+
 @pytest.mark.parametrize(("core_cls", "core"), [(RNNCore, "rnn"), (LSTMCore, "lstm")])
 def test_core_shapes(core_cls, core):
     g = jax.random.normal(KEY, (B, 16))
