@@ -98,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # > 0: decoupled decay, lr * weight_decay per step (AdamW for adam)
     c.lr_schedule = "cosine"  # or "constant"
     c.warmup_epochs = 1
+    c.ema_decay = 0.0  # > 0: validate and keep a moving average of the parameters (not paper)
     c.clip_norm = 5.0  # global gradient norm; 0 disables clipping
     c.batch_size = 64
     c.rollouts_per_image = 1  # > 1: that many episodes per training image and step
@@ -184,6 +185,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
+    _check(0 <= config.ema_decay < 1, f"ema_decay must be in [0, 1), got {config.ema_decay}")
     _check(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")
     _check(config.pixel_std > 0, f"pixel_std must be positive, got {config.pixel_std!r}")
     _check(0 <= config.dropout < 1, f"dropout must be in [0, 1), got {config.dropout}")

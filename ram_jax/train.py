@@ -39,6 +39,7 @@ from ram_jax.tasks import TaskSpec, fixed_set, get_task, make_batch
 __all__ = [
     "Dataset",
     "LoopCarry",
+    "ParamsEmaState",
     "RunKeys",
     "TrainState",
     "build_model",
@@ -53,11 +54,13 @@ __all__ = [
     "make_train_chunk",
     "make_train_step",
     "over_replicates",
+    "params_ema",
     "params_file",
     "replicate",
     "replicate_keys",
     "rollout_spec",
     "run_keys",
+    "selected_params",
     "train_and_evaluate",
 ]
 
@@ -159,6 +162,45 @@ def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
     )
 
 
+class ParamsEmaState(NamedTuple):
+    """State of ``params_ema``: the moving average of the parameters after each update."""
+
+    ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Keeps ``ema <- decay * ema + (1 - decay) * (params + updates)``; updates pass unchanged.
+
+    It reads the parameters the update will produce, so it must be the last transform of a
+    chain. The average starts at the initial parameters (no bias correction needed).
+    """
+    if not 0 <= decay < 1:
+        raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
+
+    def init_fn(params):
+        return ParamsEmaState(jax.tree.map(jnp.asarray, params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("params_ema needs the parameters: call update(updates, state, params)")
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, new)
+        return updates, ParamsEmaState(ema)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def selected_params(state: TrainState) -> Any:
+    """The parameters that are validated, kept as best and reported: the optimiser's moving
+    average when it keeps one (``ema_decay > 0``), else the trained parameters themselves."""
+    found = [
+        s
+        for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+        if isinstance(s, ParamsEmaState)
+    ]
+    return found[0].ema if found else state.params
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
@@ -166,6 +208,8 @@ def make_optimizer(
 
     ``weight_decay > 0`` decays every parameter by ``learning rate * weight_decay`` per step,
     decoupled from the gradient (AdamW; for SGD the same decay added to the update).
+    ``ema_decay > 0`` appends ``params_ema``: a moving average of the parameters that
+    ``selected_params`` then hands to validation and evaluation.
     """
     total = config.num_epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
@@ -193,6 +237,8 @@ def make_optimizer(
         )
     if config.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    if config.ema_decay > 0:
+        opt = optax.chain(opt, params_ema(config.ema_decay))
     return opt
 
 
@@ -656,7 +702,7 @@ def train_and_evaluate(
             timed_seconds += train_seconds
         val_errors = []
         for r in range(num_seeds):
-            params = replicate(carry.state.params, r)
+            params = replicate(selected_params(carry.state), r)
             if data.validation is not None:
                 val_error = validation_error(params)
                 val_errors.append(val_error)
@@ -689,7 +735,7 @@ def train_and_evaluate(
     runs = []
     for r, seed in enumerate(seeds):
         best_params = checkpoint.load_params(
-            workdir, replicate(carry.state.params, r), params_file(seeds, r)
+            workdir, replicate(selected_params(carry.state), r), params_file(seeds, r)
         )
         report = evaluate_params(
             model,

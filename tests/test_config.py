@@ -123,6 +123,8 @@ def test_unknown_field_is_named():
         ("dropout", -0.1, r"dropout must be in \[0, 1\)"),
         ("pixel_std", 0.0, "pixel_std must be positive"),
         ("pixel_std", -0.3, "pixel_std must be positive"),
+        ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
+        ("ema_decay", -0.5, r"ema_decay must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_rejected(field, value, match):

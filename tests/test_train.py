@@ -446,6 +446,80 @@ def test_train_step_dropout_changes_the_update_and_stays_keyed():
     assert not trees_equal(dropped.state.params, one_step(0.5, 2)[0].state.params)
 
 
+def test_params_ema_hand_values():
+    # decay 0.5. First entry from 1: updates +2 then -4 give params 3 then -1, so the ema is
+    # 0.5 * 1 + 0.5 * 3 = 2, then 0.5 * 2 + 0.5 * (-1) = 0.5. Second entry from 10: updates 0
+    # then +2 give 10 then 12, ema 10 then 11. Updates pass unchanged.
+    ema = train_module.params_ema(0.5)
+    params = {"w": jnp.array([1.0, 10.0])}
+    state = ema.init(params)
+    np.testing.assert_array_equal(state.ema["w"], [1.0, 10.0])
+    out, state = ema.update({"w": jnp.array([2.0, 0.0])}, state, params)
+    np.testing.assert_array_equal(out["w"], [2.0, 0.0])
+    params = optax.apply_updates(params, out)
+    out, state = ema.update({"w": jnp.array([-4.0, 2.0])}, state, params)
+    np.testing.assert_allclose(state.ema["w"], [0.5, 11.0])
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_params_ema_rejects_bad_decay(decay):
+    with pytest.raises(ValueError, match=r"EMA decay must be in \[0, 1\)"):
+        train_module.params_ema(decay)
+
+
+def test_params_ema_needs_params():
+    ema = train_module.params_ema(0.9)
+    state = ema.init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="needs the parameters"):
+        ema.update({"w": jnp.ones(2)}, state)
+
+
+def test_ema_decay_keeps_the_trajectory_and_selects_the_average():
+    """With ``ema_decay`` the parameters follow exactly the same path; ``selected_params``
+    returns ``d^2 p0 + d (1 - d) p1 + (1 - d) p2`` after two steps, and ``params`` without it."""
+    decay = 0.75
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+
+    def two_steps(ema_decay):
+        config = small_config(warmup_epochs=0, lr_schedule="constant", ema_decay=ema_decay)
+        model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+        optimizer = make_optimizer(config, steps_per_epoch=10)
+        state = init_train_state(model, spec, optimizer, jax.random.key(0), (28, 28))
+        step = jax.jit(make_train_step(model, spec, weights, optimizer))
+        carry = LoopCarry(state, jnp.array(-1, jnp.int32))
+        path = [state]
+        for i in range(2):
+            carry, _ = step(carry, images, labels, jax.random.key(i), jnp.int32(i))
+            path.append(carry.state)
+        return path
+
+    plain, averaged = two_steps(0.0), two_steps(decay)
+    for a, b in zip(plain, averaged, strict=True):
+        assert_trees_equal(a.params, b.params)
+    assert_trees_equal(train_module.selected_params(plain[2]), plain[2].params)
+    p0, p1, p2 = (s.params for s in plain)
+    expected = jax.tree.map(
+        lambda a, b, c: decay**2 * a + decay * (1 - decay) * b + (1 - decay) * c, p0, p1, p2
+    )
+    got = train_module.selected_params(averaged[2])
+    assert not trees_equal(got, p2)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_run_validates_and_keeps_the_average(small_data, tmp_path):
+    # One epoch: it is the best by definition, so the kept parameters are that epoch's average.
+    config = small_config(num_epochs=1, warmup_epochs=0, ema_decay=0.9)
+    results = train_and_evaluate(config, tmp_path, datasets=small_data)
+    state, _ = restore_checkpoint(tmp_path, 1, state_template(config, small_data))
+    kept = checkpoint.load_params(tmp_path, params_template(config, small_data))
+    assert_trees_equal(kept, train_module.replicate(train_module.selected_params(state), 0))
+    assert not trees_equal(kept, train_module.replicate(state.params, 0))
+    assert results["runs"][0]["best_epoch"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Spans of steps: compile once, keys, dispatch splitting
 
