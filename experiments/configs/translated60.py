@@ -18,10 +18,11 @@ is an LSTM, not the paper's ReLU RNN: on validation it learns this task far fast
 60 epochs against 2.47% for the RNN after 100; BUILD_NOTES.md records every run made with this
 file). ``--config.core=rnn`` gives the paper's core.
 
-Expected with ``--config.num_epochs=160`` (seed 0, 2-core AMD EPYC CPU, 69 minutes of training
-beside another run; shipped as ``checkpoints/translated60``, provisional): validation 1.39%,
-test 1.37% with one deterministic rollout and 0.90% averaging 10 sampled rollouts (target 1.0%,
-paper 1.20-1.84%). 60 epochs gave 1.57 / 1.57 / 1.16%.
+Expected (seed 0, 2-core AMD EPYC CPU, 2 h 49 min of training, mostly beside other runs;
+shipped as ``checkpoints/translated60``): validation 1.23% (epoch 301), test 1.45% with one
+deterministic rollout and 0.89% averaging 10 sampled rollouts (target 1.0%, paper 1.20-1.84%).
+``--config.num_epochs=160`` gave validation 1.39%, test 1.37 / 0.90%; 60 epochs 1.57 / 1.57 /
+1.16%.
 """
 
 import ml_collections
