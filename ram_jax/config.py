@@ -190,6 +190,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.pixel_std > 0, f"pixel_std must be positive, got {config.pixel_std!r}")
     _check(0 <= config.dropout < 1, f"dropout must be in [0, 1), got {config.dropout}")
     _check(
+        (config.pixel_mean, config.pixel_std) == (0.0, 1.0) or config.model == "ram",
+        f"pixel_mean and pixel_std apply to model 'ram' only, not {config.model!r}",
+    )
+    _check(
         config.dropout == 0 or config.model == "ram",
         f"dropout is implemented for model 'ram' only, not {config.model!r}",
     )

@@ -134,6 +134,14 @@ def test_bad_values_rejected(field, value, match):
         validate_config(config)
 
 
+@pytest.mark.parametrize("model", ["fc", "conv"])
+def test_pixel_scaling_on_a_baseline_rejected(model):
+    config = default_config()
+    config.model, config.pixel_mean = model, 0.1
+    with pytest.raises(ValueError, match="pixel_mean and pixel_std apply to model 'ram' only"):
+        validate_config(config)
+
+
 def test_dropout_on_a_baseline_rejected():
     config = default_config()
     config.model, config.dropout = "fc", 0.2
