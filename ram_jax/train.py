@@ -193,12 +193,8 @@ def params_ema(decay: float) -> optax.GradientTransformation:
 def selected_params(state: TrainState) -> Any:
     """The parameters that are validated, kept as best and reported: the optimiser's moving
     average when it keeps one (``ema_decay > 0``), else the trained parameters themselves."""
-    found = [
-        s
-        for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
-        if isinstance(s, ParamsEmaState)
-    ]
-    return found[0].ema if found else state.params
+    found = optax.tree.get(state.opt_state, ParamsEmaState.__name__)
+    return state.params if found is None else found.ema
 
 
 def make_optimizer(
