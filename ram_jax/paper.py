@@ -5,9 +5,11 @@ camera-ready. ``PAPER_RESULTS`` maps ``(task, row)`` to ``(arXiv v1, NIPS)`` tes
 ``None`` where that version has no such entry. Row labels are built from a run's config by
 ``row_label`` so that a result and the paper's number for the same model meet under one key:
 
-- ``"RAM {g} glimpses"``: the RAM with its learned location policy and ``g`` glimpses;
+- ``"RAM {g} glimpses"``: the RAM with its learned location policy and ``g`` glimpses
+  (``"RAM 1 glimpse"`` for one);
 - ``"RAM {g} random glimpses"``: the same network with glimpse locations drawn at random
-  (the paper's "1 random glimpse" on 28x28 MNIST and "RAM 8 random glimpses" on cluttered MNIST);
+  (the paper's "1 random glimpse" on 28x28 MNIST, here ``"RAM 1 random glimpse"``, and
+  "RAM 8 random glimpses" on cluttered MNIST);
 - ``"FC {h}"``: the fully connected baseline, two hidden layers of ``h`` ReLU units each;
 - ``"Conv"``: the paper's two-layer convolutional baseline ("Convolutional, 2 layers").
 
@@ -39,7 +41,7 @@ PAPER_RESULTS: dict[tuple[str, str], PaperPair] = {
     # 28x28 MNIST (8x8 glimpses, 1 scale).
     ("mnist28", "FC 256"): (1.35, 1.69),
     ("mnist28", "Conv"): (None, 1.21),
-    ("mnist28", "RAM 1 random glimpses"): (42.85, None),
+    ("mnist28", "RAM 1 random glimpse"): (42.85, None),
     ("mnist28", "RAM 2 glimpses"): (6.27, 3.79),
     ("mnist28", "RAM 3 glimpses"): (2.7, 1.51),
     ("mnist28", "RAM 4 glimpses"): (1.73, 1.54),
@@ -89,10 +91,11 @@ def row_label(config: Mapping[str, Any]) -> str:
     if model == "ram":
         policy = config.get("policy") or "learned"
         glimpses = _field(config, "num_glimpses")
+        noun = "glimpse" if glimpses == 1 else "glimpses"
         if policy == "learned":
-            return f"RAM {glimpses} glimpses"
+            return f"RAM {glimpses} {noun}"
         if policy == "random":
-            return f"RAM {glimpses} random glimpses"
+            return f"RAM {glimpses} random {noun}"
         raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
     if model == "fc":
         return f"FC {_field(config, 'fc_hidden')}"

@@ -92,7 +92,7 @@ def test_paper_results_hold_every_reference_number() -> None:
     per_task = {t: sum(k[0] == t for k in paper.PAPER_RESULTS) for t in paper.TASK_ORDER}
     assert per_task == {"mnist28": 9, "translated60": 6, "cluttered60": 7, "cluttered100": 5}
     # A few from each table, both columns.
-    assert paper.PAPER_RESULTS[("mnist28", "RAM 1 random glimpses")] == (42.85, None)
+    assert paper.PAPER_RESULTS[("mnist28", "RAM 1 random glimpse")] == (42.85, None)
     assert paper.PAPER_RESULTS[("mnist28", "RAM 7 glimpses")] == (1.47, 1.07)
     assert paper.PAPER_RESULTS[("translated60", "FC 64")] == (7.56, 6.42)
     assert paper.PAPER_RESULTS[("translated60", "RAM 8 glimpses")] == (1.84, 1.20)
@@ -111,8 +111,9 @@ def test_row_label_defaults_and_models() -> None:
     assert paper.row_label({"num_glimpses": 6}) == "RAM 6 glimpses"
     assert paper.row_label({"num_glimpses": 6, "model": None, "policy": None}) == "RAM 6 glimpses"
     assert paper.row_label({"model": "ram", "policy": "random", "num_glimpses": 1}) == (
-        "RAM 1 random glimpses"
+        "RAM 1 random glimpse"
     )
+    assert paper.row_label({"model": "ram", "num_glimpses": 1}) == "RAM 1 glimpse"
     assert paper.row_label({"model": "fc", "fc_hidden": 64, "num_glimpses": 6}) == "FC 64"
     assert paper.row_label({"model": "conv", "num_glimpses": 6}) == "Conv"
     with pytest.raises(ValueError, match="unknown model"):
@@ -225,7 +226,7 @@ def test_row_order_within_a_task_is_natural(tmp_path: Path) -> None:
     assert [(r["task"], r["model"]) for r in rows] == [
         ("mnist28", "FC 64"),
         ("mnist28", "FC 256"),
-        ("mnist28", "RAM 1 random glimpses"),
+        ("mnist28", "RAM 1 random glimpse"),
         ("mnist28", "RAM 2 glimpses"),
         ("mnist28", "RAM 10 glimpses"),
         ("cluttered100", "RAM 4 glimpses"),
@@ -233,7 +234,7 @@ def test_row_order_within_a_task_is_natural(tmp_path: Path) -> None:
     ]
     by_model = {(r["task"], r["model"]): r for r in rows}
     assert by_model[("mnist28", "RAM 10 glimpses")]["paper NIPS"] == "—"
-    assert by_model[("mnist28", "RAM 1 random glimpses")]["paper arXiv v1"] == "42.85"
+    assert by_model[("mnist28", "RAM 1 random glimpse")]["paper arXiv v1"] == "42.85"
     assert by_model[("cluttered100", "RAM 4 glimpses")]["paper NIPS"] == "9.41"
 
 
