@@ -18,10 +18,10 @@ not tuned for this task yet. The core is an LSTM, not the paper's ReLU RNN: it l
 faster on validation (26.9% at epoch 50 against 30.8% for the RNN; BUILD_NOTES.md records every
 run made with this file). ``--config.core=rnn`` gives the paper's core.
 
-Expected with ``--config.num_epochs=120`` (seed 0, 2-core AMD EPYC CPU, 56 minutes of training
-beside another run; shipped as ``checkpoints/cluttered100``, provisional and far from converged):
-validation 19.78%, test 20.30% with one deterministic rollout and 7.58% averaging 10 sampled
-rollouts (target 6.0%, paper 8.11-10.83%).
+Expected with ``--config.ema_decay=0.999`` (seed 0, 2-core AMD EPYC CPU, 2 h 35 min of training
+across three sessions, much of it beside other runs; shipped as ``checkpoints/cluttered100``):
+validation 15.18% (epoch 355), test 16.02% with one deterministic rollout and 6.27% averaging 10
+sampled rollouts (target 6.0%, paper 8.11-10.83%).
 """
 
 import ml_collections
