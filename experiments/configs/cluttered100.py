@@ -19,7 +19,7 @@ faster on validation (26.9% at epoch 50 against 30.8% for the RNN; BUILD_NOTES.m
 run made with this file). ``--config.core=rnn`` gives the paper's core.
 
 Expected with ``--config.ema_decay=0.999`` (seed 0, 2-core AMD EPYC CPU, 2 h 35 min of training
-across three sessions, much of it beside other runs; shipped as ``checkpoints/cluttered100``):
+across two sessions, much of it beside other runs; shipped as ``checkpoints/cluttered100``):
 validation 15.18% (epoch 355), test 16.02% with one deterministic rollout and 6.27% averaging 10
 sampled rollouts (target 6.0%, paper 8.11-10.83%).
 """
