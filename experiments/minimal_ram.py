@@ -9,8 +9,8 @@ PyTorch-style uniform initialisation, biases everywhere and its own retina:
 
     python -m experiments.minimal_ram --epochs=120 --seed=0
 
-Expected (seed 0, 2-core AMD EPYC CPU, 14 minutes beside another run; BUILD_NOTES.md):
-best validation error 1.94% with one deterministic rollout (epoch 107), test 2.05% and 0.52%
+Expected (seed 0, 2-core AMD EPYC CPU, 16 minutes beside another run; BUILD_NOTES.md):
+best validation error 1.77% with one deterministic rollout (epoch 99), test 1.96% and 0.69%
 averaging 10 sampled rollouts; the library's recipe gives 1.61% validation at 120 epochs.
 The last line of stdout is JSON.
 """

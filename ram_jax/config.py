@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from ram_jax.losses import REWARDS
+from ram_jax.losses import ADVANTAGES, REWARDS
 from ram_jax.networks import CORES
 from ram_jax.rollout import POLICIES
 from ram_jax.tasks import TASKS as TASK_SPECS
@@ -91,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.baseline_weight = 1.0
     c.mean_rollout_weight = 0.0  # > 0: add the cross-entropy of a deterministic episode
     c.reward = "correct"  # "correct" (the paper: 1 if right) or "probability" (p of the label)
+    # REINFORCE's reward minus: "learned_baseline" (the paper's b_t) or "leave_one_out" (the mean
+    # reward of the image's other episodes; needs rollouts_per_image >= 2; not in the paper).
+    c.advantage = "learned_baseline"
     # Optimisation.
     c.optimizer = "adam"  # or "sgd" (with momentum)
     c.learning_rate = 1e-3
@@ -147,6 +150,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     one_of("optimizer", OPTIMIZERS)
     one_of("lr_schedule", SCHEDULES)
     one_of("reward", REWARDS)
+    one_of("advantage", ADVANTAGES)
     for name in (
         "num_glimpses",
         "glimpse_size",
@@ -196,6 +200,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(
         config.dropout == 0 or config.model == "ram",
         f"dropout is implemented for model 'ram' only, not {config.model!r}",
+    )
+    _check(
+        config.advantage != "leave_one_out" or config.rollouts_per_image >= 2,
+        "advantage 'leave_one_out' compares the episodes of one image: it needs "
+        f"rollouts_per_image >= 2, got {config.rollouts_per_image}",
     )
     _check(
         config.warmup_epochs < config.num_epochs,

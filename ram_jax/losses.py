@@ -22,9 +22,17 @@ import optax
 
 from ram_jax.rollout import Trajectory
 
-__all__ = ["REWARDS", "LossWeights", "hybrid_loss", "rewards"]
+__all__ = [
+    "ADVANTAGES",
+    "REWARDS",
+    "LossWeights",
+    "hybrid_loss",
+    "leave_one_out_baseline",
+    "rewards",
+]
 
 REWARDS = ("correct", "probability")
+ADVANTAGES = ("learned_baseline", "leave_one_out")
 
 
 class LossWeights(NamedTuple):
@@ -52,12 +60,35 @@ def rewards(logits: jax.Array, labels: jax.Array, kind: str = "correct") -> jax.
     raise ValueError(f"unknown reward {kind!r}; expected one of {REWARDS}")
 
 
+def leave_one_out_baseline(earned: jax.Array, group_size: int) -> jax.Array:
+    """For each episode, the mean reward of the other episodes of its group; f32[B].
+
+    ``earned`` f32[B] holds consecutive groups of ``group_size`` episodes of the same image (as
+    ``jnp.repeat`` of the batch's indices lays them out). A baseline that excludes the episode
+    itself keeps the policy gradient unbiased; where every episode of a group earns the same,
+    the advantage is exactly 0, so only images whose paths disagree move the policy.
+    """
+    if group_size < 2:
+        raise ValueError(
+            f"a leave-one-out baseline needs groups of >= 2 episodes, got {group_size}"
+        )
+    if earned.shape[0] % group_size:
+        raise ValueError(
+            f"{earned.shape[0]} episodes do not split into groups of {group_size} per image"
+        )
+    groups = earned.reshape(-1, group_size)
+    others = (groups.sum(axis=1, keepdims=True) - groups) / (group_size - 1)
+    return others.reshape(earned.shape)
+
+
 def hybrid_loss(
     traj: Trajectory,
     labels: jax.Array,
     weights: LossWeights = DEFAULT_WEIGHTS,
     *,
     reward: str = "correct",
+    advantage: str = "learned_baseline",
+    group_size: int = 1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss and its parts.
 
@@ -66,6 +97,10 @@ def hybrid_loss(
       labels: int[B] class indices.
       weights: the terms' weights.
       reward: what an episode earns, ``"correct"`` (the paper) or ``"probability"``.
+      advantage: what REINFORCE subtracts from the reward: ``"learned_baseline"`` (the paper's
+        b_t) or ``"leave_one_out"`` (not in the paper: the mean reward of the other episodes
+        on the same image, ``leave_one_out_baseline``; the baseline network still trains).
+      group_size: episodes per image, consecutive in the batch (``"leave_one_out"`` only).
 
     Returns:
       ``(loss, metrics)``; metrics hold ``loss``, ``classification``, ``reinforce``,
@@ -78,8 +113,14 @@ def hybrid_loss(
     correct = rewards(traj.logits, labels)
     earned = correct if reward == "correct" else rewards(traj.logits, labels, reward)
     classification = optax.softmax_cross_entropy_with_integer_labels(traj.logits, labels).mean()
-    advantage = jax.lax.stop_gradient(earned[None, :] - traj.baselines)
-    reinforce = -(traj.log_probs * advantage).sum(axis=0).mean()
+    if advantage == "learned_baseline":
+        subtracted = traj.baselines
+    elif advantage == "leave_one_out":
+        subtracted = leave_one_out_baseline(earned, group_size)[None, :]
+    else:
+        raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
+    reinforce_weight = jax.lax.stop_gradient(earned[None, :] - subtracted)
+    reinforce = -(traj.log_probs * reinforce_weight).sum(axis=0).mean()
     # With one glimpse there is no location decision: empty terms must read 0, not NaN.
     decisions = max(1, traj.baselines.size)
     baseline = jnp.square(earned[None, :] - traj.baselines).sum() / decisions

@@ -266,6 +266,8 @@ def make_loss_fn(
     mean_rollout_weight: float = 0.0,
     reward: str = "correct",
     dropout_rate: float = 0.0,
+    advantage: str = "learned_baseline",
+    group_size: int = 1,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -274,6 +276,7 @@ def make_loss_fn(
     episode evaluation runs) is added with that weight, so the classifier also learns from the
     glimpses it will see at test time. ``reward`` is what an episode earns (``losses.rewards``).
     ``dropout_rate`` applies dropout in the training episodes (``rollout``'s argument).
+    ``advantage`` and ``group_size`` (episodes per image, consecutive) go to ``hybrid_loss``.
     Baselines: cross-entropy only.
     """
     if not isinstance(model, RAM):
@@ -287,7 +290,9 @@ def make_loss_fn(
 
     def ram_loss(params, images, labels, key):
         traj = rollout(model, params, images, key, spec, mode="sample", dropout_rate=dropout_rate)
-        loss, metrics = hybrid_loss(traj, labels, weights, reward=reward)
+        loss, metrics = hybrid_loss(
+            traj, labels, weights, reward=reward, advantage=advantage, group_size=group_size
+        )
         if mean_rollout_weight > 0:
             mean_logits = rollout(
                 model, params, images, key, spec, mode="mean", dropout_rate=dropout_rate
@@ -310,6 +315,8 @@ def make_train_step(
     mean_rollout_weight: float = 0.0,
     reward: str = "correct",
     dropout_rate: float = 0.0,
+    advantage: str = "learned_baseline",
+    group_size: int = 1,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
@@ -323,6 +330,8 @@ def make_train_step(
         mean_rollout_weight=mean_rollout_weight,
         reward=reward,
         dropout_rate=dropout_rate,
+        advantage=advantage,
+        group_size=group_size,
     )
 
     def train_step(carry, images, labels, key, global_step):
@@ -360,6 +369,7 @@ def make_train_chunk(
     rollouts_per_image: int = 1,
     reward: str = "correct",
     dropout_rate: float = 0.0,
+    advantage: str = "learned_baseline",
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -372,7 +382,8 @@ def make_train_chunk(
     (``parallel.data_mesh``) each step's batch is split over its devices (data parallelism).
     ``rollouts_per_image > 1`` runs that many episodes on every image of a batch (each with its
     own glimpse path), so a step sees ``batch_size * rollouts_per_image`` episodes; on a
-    generated task each copy of a digit gets a canvas of its own.
+    generated task each copy of a digit gets a canvas of its own. ``advantage="leave_one_out"``
+    (``losses.hybrid_loss``) compares each episode with the other episodes of its image.
     """
     train_step = make_train_step(
         model,
@@ -382,6 +393,8 @@ def make_train_chunk(
         mean_rollout_weight=mean_rollout_weight,
         reward=reward,
         dropout_rate=dropout_rate,
+        advantage=advantage,
+        group_size=rollouts_per_image,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -635,6 +648,7 @@ def train_and_evaluate(
                 rollouts_per_image=config.rollouts_per_image,
                 reward=config.reward,
                 dropout_rate=config.dropout,
+                advantage=config.advantage,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -125,6 +125,8 @@ def test_unknown_field_is_named():
         ("pixel_std", -0.3, "pixel_std must be positive"),
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
         ("ema_decay", -0.5, r"ema_decay must be in \[0, 1\)"),
+        ("advantage", "critic", "advantage must be one of"),
+        ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
@@ -351,3 +353,9 @@ def test_config_differences_counts_missing_saved_fields_as_defaults():
     assert config_differences(old, new | {"train_shift": 2}) == ["train_shift"]
     # Fields that do not change results may differ.
     assert config_differences(old, new | {"eval_batch_size": 7}) == []
+
+
+def test_leave_one_out_with_several_rollouts_is_valid():
+    config = default_config()
+    config.advantage, config.rollouts_per_image = "leave_one_out", 2
+    validate_config(config)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ram_jax.losses import LossWeights, hybrid_loss, rewards
+from ram_jax.losses import LossWeights, hybrid_loss, leave_one_out_baseline, rewards
 from ram_jax.rollout import Trajectory
 
 LOGITS = [[2.0, 1.0, 0.1], [0.5, 2.5, 0.0]]
@@ -194,3 +194,47 @@ def test_probability_reward_sends_no_gradient_to_the_logits():
 def test_unknown_reward():
     with pytest.raises(ValueError, match="unknown reward 'accuracy'"):
         hybrid_loss(make_traj(), LABELS, reward="accuracy")
+
+
+def test_leave_one_out_baseline_by_hand():
+    earned = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        leave_one_out_baseline(earned, 3), [0.5, 1.0, 0.5, 1.0, 1.0, 1.0], rtol=1e-6
+    )
+    np.testing.assert_allclose(leave_one_out_baseline(earned, 2), [0, 1, 1, 1, 1, 1])
+
+
+def test_leave_one_out_terms_by_hand():
+    # The two episodes form one group: R = [1, 0], so the other episode's reward is [0, 1] and
+    # the advantage [1, -1] at every decision, whatever the baseline network says.
+    #   image 0: -(-1.0 - 0.5 - 1.5) * 1 = 3.0;  image 1: -(-2.0 - 3.0 - 0.25) * -1 = -5.25
+    #   -> mean(3.0, -5.25) = -1.125
+    loss, metrics = hybrid_loss(make_traj(), LABELS, advantage="leave_one_out", group_size=2)
+    np.testing.assert_allclose(metrics["reinforce"], -1.125, rtol=1e-6)
+    # The other terms, and the baseline network's training, are unchanged.
+    np.testing.assert_allclose(metrics["classification"], CE, rtol=1e-6)
+    np.testing.assert_allclose(metrics["baseline"], BASELINE, rtol=1e-5)
+    np.testing.assert_allclose(loss, CE - 1.125 + BASELINE, rtol=1e-5)
+
+
+def test_leave_one_out_ignores_the_baseline_network_in_reinforce():
+    def reinforce(baselines):
+        traj = make_traj(baselines=baselines)
+        weights = LossWeights(0.0, 1.0, 0.0)
+        return hybrid_loss(traj, LABELS, weights, advantage="leave_one_out", group_size=2)[0]
+
+    grad = jax.grad(reinforce)(jnp.asarray(BASELINES))
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("group_size", "match"), [(1, "groups of >= 2 episodes"), (3, "do not split into groups of 3")]
+)
+def test_leave_one_out_bad_groups(group_size, match):
+    with pytest.raises(ValueError, match=match):
+        hybrid_loss(make_traj(), LABELS, advantage="leave_one_out", group_size=group_size)
+
+
+def test_unknown_advantage():
+    with pytest.raises(ValueError, match="unknown advantage 'critic'"):
+        hybrid_loss(make_traj(), LABELS, advantage="critic")

@@ -421,3 +421,20 @@ def test_rollouts_per_image_repeat_each_image(rollouts, monkeypatch):
     assert seen["shape"] == (batch * rollouts, 28, 28)
     assert bool(metrics["same"].all())
     assert bool(metrics["distinct"].all())
+
+
+@pytest.mark.parametrize("advantage", ["learned_baseline", "leave_one_out"])
+def test_chunk_hands_the_step_its_groups(advantage, monkeypatch):
+    seen = {}
+
+    def recording_step(model, spec, weights, optimizer, **kwargs):
+        seen.update(kwargs)
+        return lambda carry, images, labels, key, global_step: (carry, {})
+
+    monkeypatch.setattr(train_module, "make_train_step", recording_step)
+    train_module.make_train_chunk(
+        None, None, None, None, batch_size=4, num_steps=1, steps_per_epoch=1,
+        rollouts_per_image=3, advantage=advantage,
+    )  # fmt: skip
+    assert seen["advantage"] == advantage
+    assert seen["group_size"] == 3
