@@ -16,7 +16,7 @@ from ram_jax.glimpse import glimpse
 
 def test_crop_reads_the_same_pixels_as_the_library_retina():
     image = jax.random.uniform(jax.random.key(0), (mr.SIDE, mr.SIDE))
-    # Corners, the centre, points on the pixel grid (where rounding ties occur) and random ones.
+    # Corners, the centre, locations whose patch starts on a whole pixel, and random ones.
     grid = np.array([[-1, -1], [1, 1], [-1, 1], [0, 0], [2 / 7, -3 / 7], [0.5, -0.5]])
     random = np.asarray(jax.random.uniform(jax.random.key(1), (200, 2), minval=-1, maxval=1))
     locs = jnp.asarray(np.concatenate([grid, random]), jnp.float32)
