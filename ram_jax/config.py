@@ -13,7 +13,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ram_jax.losses import ADVANTAGES, REWARDS
-from ram_jax.networks import CORES
+from ram_jax.networks import CORES, RECURRENT_INITS
 from ram_jax.rollout import POLICIES
 from ram_jax.tasks import TASKS as TASK_SPECS
 
@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.glimpse_features = 256
     c.core = "rnn"  # "rnn" (the paper's ReLU RNN) or "lstm"
     c.core_hidden = 256
+    c.recurrent_init = "lecun_normal"  # rnn core: or "identity" (IRNN; not the paper)
     c.location_mlp = 0  # > 0: a ReLU layer of that many units in the location network
     c.pixel_mean = 0.0  # RAM: glimpse pixels enter as (x - pixel_mean) / pixel_std (not paper)
     c.pixel_std = 1.0
@@ -147,6 +148,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     one_of("compute_dtype", ("float32", "bfloat16"))
     one_of("data_backend", DATA_BACKENDS)
     one_of("core", CORES)
+    one_of("recurrent_init", RECURRENT_INITS)
+    _check(
+        config.recurrent_init == "lecun_normal" or config.core == "rnn",
+        f"recurrent_init applies to the 'rnn' core only, not {config.core!r}",
+    )
     one_of("optimizer", OPTIMIZERS)
     one_of("lr_schedule", SCHEDULES)
     one_of("reward", REWARDS)

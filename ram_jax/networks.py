@@ -10,6 +10,7 @@ Shapes: ``B`` batch, ``S`` scales, ``g`` glimpse side, ``C`` channels, ``H`` cor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -74,17 +75,45 @@ class GlimpseNetwork(nn.Module):
         return nn.relu(what + where)
 
 
+RECURRENT_INITS = ("lecun_normal", "identity")
+
+
+def _recurrent_initializer(name: str) -> Callable[..., jax.Array]:
+    if name == "lecun_normal":
+        return nn.initializers.lecun_normal()
+    if name == "identity":
+
+        def identity(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+            del key
+            return jnp.eye(shape[0], shape[1], dtype=dtype)
+
+        return identity
+    raise ValueError(f"unknown recurrent_init {name!r}; expected one of {RECURRENT_INITS}")
+
+
 class RNNCore(nn.Module):
-    """The paper's core: h_t = ReLU(Linear(h_{t-1}) + Linear(g_t))."""
+    """The paper's core: h_t = ReLU(Linear(h_{t-1}) + Linear(g_t)).
+
+    ``recurrent_init="identity"`` starts the recurrent matrix at the identity (the IRNN of Le,
+    Jaitly and Hinton 2015; not in the paper), so that at initialisation the state adds up the
+    glimpses instead of mixing them through a random matrix.
+    """
 
     hidden: int = 256
+    recurrent_init: str = "lecun_normal"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:
         (h,) = state
         h = nn.relu(
-            nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="recurrent")(h)
+            nn.Dense(
+                self.hidden,
+                use_bias=False,
+                kernel_init=_recurrent_initializer(self.recurrent_init),
+                dtype=self.dtype,
+                name="recurrent",
+            )(h)
             + nn.Dense(self.hidden, dtype=self.dtype, name="input")(g)
         )
         # The recurrent state stays float32 whatever the compute precision.
@@ -157,6 +186,8 @@ class RAM(nn.Module):
     glimpse_features: int = 256
     core: str = "rnn"
     core_hidden: int = 256
+    # RNN core only: "lecun_normal" (Flax's default) or "identity" (IRNN; not the paper).
+    recurrent_init: str = "lecun_normal"
     location_mlp: int = 0  # > 0: a hidden ReLU layer of that many units in the location network
     # Glimpse pixels are fed as (x - pixel_mean) / pixel_std; (0, 1) is the paper's raw input.
     pixel_mean: float = 0.0
@@ -176,8 +207,14 @@ class RAM(nn.Module):
             pixel_std=self.pixel_std,
             dtype=self.dtype,
         )
-        core_cls = RNNCore if self.core == "rnn" else LSTMCore
-        self.core_net = core_cls(self.core_hidden, dtype=self.dtype)
+        if self.core == "rnn":
+            self.core_net = RNNCore(
+                self.core_hidden, recurrent_init=self.recurrent_init, dtype=self.dtype
+            )
+        else:
+            if self.recurrent_init != "lecun_normal":
+                raise ValueError("recurrent_init applies to the 'rnn' core only")
+            self.core_net = LSTMCore(self.core_hidden, dtype=self.dtype)
         self.location_net = LocationNetwork(self.location_mlp, dtype=self.dtype)
         self.action_net = ActionNetwork(self.num_classes, dtype=self.dtype)
         self.baseline_net = BaselineNetwork(dtype=self.dtype)

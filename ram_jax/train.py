@@ -132,6 +132,7 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         glimpse_features=config.glimpse_features,
         core=config.core,
         core_hidden=config.core_hidden,
+        recurrent_init=config.recurrent_init,
         location_mlp=config.location_mlp,
         pixel_mean=float(config.pixel_mean),
         pixel_std=float(config.pixel_std),

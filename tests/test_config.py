@@ -126,6 +126,7 @@ def test_unknown_field_is_named():
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
         ("ema_decay", -0.5, r"ema_decay must be in \[0, 1\)"),
         ("advantage", "critic", "advantage must be one of"),
+        ("recurrent_init", "orthogonal", "recurrent_init must be one of"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
     ],
 )
@@ -133,6 +134,13 @@ def test_bad_values_rejected(field, value, match):
     config = default_config()
     config[field] = value
     with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+def test_identity_recurrent_init_on_an_lstm_rejected():
+    config = default_config()
+    config.core, config.recurrent_init = "lstm", "identity"
+    with pytest.raises(ValueError, match="recurrent_init applies to the 'rnn' core only"):
         validate_config(config)
 
 

@@ -112,6 +112,29 @@ def test_rnn_core_is_relu_of_sum():
     np.testing.assert_allclose(np.asarray(h), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_identity_recurrent_init_adds_glimpses_up():
+    g = jax.random.normal(KEY, (B, 16))
+    h0 = jax.random.uniform(jax.random.key(2), (B, H))  # non-negative, as a ReLU state is
+    net = RNNCore(hidden=H, recurrent_init="identity")
+    variables = _init(net, (h0,), g)
+    p = variables["params"]
+    np.testing.assert_array_equal(np.asarray(p["recurrent"]["kernel"]), np.eye(H))
+    (h,), _ = net.apply(variables, (h0,), g)
+    drive = np.asarray(g) @ np.asarray(p["input"]["kernel"]) + np.asarray(p["input"]["bias"])
+    np.testing.assert_allclose(np.asarray(h), np.maximum(np.asarray(h0) + drive, 0.0), atol=1e-5)
+    # The default draws the recurrent matrix at random.
+    default = _init(RNNCore(hidden=H), (h0,), g)["params"]["recurrent"]["kernel"]
+    assert not np.allclose(np.asarray(default), np.eye(H))
+
+
+def test_recurrent_init_checked():
+    patches, loc = _inputs()
+    with pytest.raises(ValueError, match="unknown recurrent_init 'orthogonal'"):
+        RAM(recurrent_init="orthogonal", **TINY).init(KEY, patches, loc)
+    with pytest.raises(ValueError, match="recurrent_init applies to the 'rnn' core only"):
+        RAM(core="lstm", recurrent_init="identity", **TINY).init(KEY, patches, loc)
+
+
 def test_heads_shapes():
     h = jax.random.normal(KEY, (B, H))
     loc_net, act_net, base_net = LocationNetwork(), ActionNetwork(num_classes=7), BaselineNetwork()
