@@ -98,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Optimisation.
     c.optimizer = "adam"  # or "sgd" (with momentum)
     c.learning_rate = 1e-3
+    c.location_lr_scale = 1.0  # RAM: the location network's updates times this (not paper)
     c.momentum = 0.9  # sgd only
     c.weight_decay = 0.0  # > 0: decoupled decay, lr * weight_decay per step (AdamW for adam)
     c.lr_schedule = "cosine"  # or "constant"
@@ -193,6 +194,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
     _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
+    _check(
+        config.location_lr_scale > 0,
+        f"location_lr_scale must be positive, got {config.location_lr_scale!r}",
+    )
+    _check(
+        config.location_lr_scale == 1 or (config.model == "ram" and config.policy == "learned"),
+        "location_lr_scale applies to RAM with a learned policy only",
+    )
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _check(0 <= config.ema_decay < 1, f"ema_decay must be in [0, 1), got {config.ema_decay}")

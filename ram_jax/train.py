@@ -198,6 +198,17 @@ def selected_params(state: TrainState) -> Any:
     return state.params if found is None else found.ema
 
 
+def scale_subtree(factor: float, name: str) -> optax.GradientTransformation:
+    """Multiplies the updates of the parameters under the top-level key ``name`` by ``factor``."""
+
+    def mask(params: Any) -> Any:
+        if name not in params:
+            raise ValueError(f"no parameters named {name!r} to scale; found {sorted(params)}")
+        return {k: jax.tree.map(lambda _, hit=k == name: hit, v) for k, v in params.items()}
+
+    return optax.masked(optax.scale(factor), mask)
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
@@ -205,6 +216,8 @@ def make_optimizer(
 
     ``weight_decay > 0`` decays every parameter by ``learning rate * weight_decay`` per step,
     decoupled from the gradient (AdamW; for SGD the same decay added to the update).
+    ``location_lr_scale != 1`` multiplies the location network's updates by that factor (a
+    learning rate of its own for the policy; RAM only).
     ``ema_decay > 0`` appends ``params_ema``: a moving average of the parameters that
     ``selected_params`` then hands to validation and evaluation.
     """
@@ -234,6 +247,8 @@ def make_optimizer(
         )
     if config.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    if config.location_lr_scale != 1:
+        opt = optax.chain(opt, scale_subtree(config.location_lr_scale, "location_net"))
     if config.ema_decay > 0:
         opt = optax.chain(opt, params_ema(config.ema_decay))
     return opt

@@ -127,6 +127,7 @@ def test_unknown_field_is_named():
         ("ema_decay", -0.5, r"ema_decay must be in \[0, 1\)"),
         ("advantage", "critic", "advantage must be one of"),
         ("recurrent_init", "orthogonal", "recurrent_init must be one of"),
+        ("location_lr_scale", 0.0, "location_lr_scale must be positive"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
     ],
 )
@@ -134,6 +135,14 @@ def test_bad_values_rejected(field, value, match):
     config = default_config()
     config[field] = value
     with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(("model", "policy"), [("fc", "learned"), ("ram", "random")])
+def test_location_lr_scale_without_a_learned_policy_rejected(model, policy):
+    config = default_config()
+    config.model, config.policy, config.location_lr_scale = model, policy, 2.0
+    with pytest.raises(ValueError, match="location_lr_scale applies to RAM with a learned policy"):
         validate_config(config)
 
 

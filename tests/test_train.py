@@ -38,6 +38,7 @@ from ram_jax.train import (
     make_train_step,
     rollout_spec,
     run_keys,
+    scale_subtree,
     train_and_evaluate,
 )
 
@@ -802,3 +803,48 @@ def test_checkpoint_store_keeps_newest_two(tmp_path):
     np.testing.assert_array_equal(restored["w"], np.arange(3.0) * 3)
     assert meta == {"epoch": 3}
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
+def test_location_lr_scale_scales_only_the_policy_updates():
+    # SGD without momentum or clipping: an update is -lr * gradient, so the scaled run's
+    # location-network step must be exactly 4x the plain one and every other step equal.
+    def one_step(scale):
+        config = small_config(
+            warmup_epochs=0,
+            lr_schedule="constant",
+            optimizer="sgd",
+            momentum=0.0,
+            clip_norm=0.0,
+            learning_rate=0.1,
+            location_lr_scale=scale,
+        )
+        model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+        optimizer = make_optimizer(config, steps_per_epoch=10)
+        state = init_train_state(model, spec, optimizer, jax.random.key(0), (28, 28))
+        rng = np.random.default_rng(0)
+        images = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
+        labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+        step = jax.jit(make_train_step(model, spec, weights, optimizer))
+        carry, _ = step(
+            LoopCarry(state, jnp.array(-1, jnp.int32)),
+            images,
+            labels,
+            jax.random.key(1),
+            jnp.int32(0),
+        )
+        return jax.tree.map(lambda a, b: np.asarray(a - b), carry.state.params, state.params)
+
+    plain, scaled = one_step(1.0), one_step(4.0)
+    assert np.abs(plain["location_net"]["mean"]["kernel"]).max() > 0
+    for name in plain:
+        factor = 4.0 if name == "location_net" else 1.0
+        jax.tree.map(
+            lambda a, b, f=factor: np.testing.assert_allclose(b, f * a, rtol=1e-4, atol=1e-7),
+            plain[name],
+            scaled[name],
+        )
+
+
+def test_location_lr_scale_needs_a_location_network():
+    with pytest.raises(ValueError, match="no parameters named 'location_net'"):
+        scale_subtree(2.0, "location_net").init({"dense": {"kernel": jnp.ones(2)}})
