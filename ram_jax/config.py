@@ -199,8 +199,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"location_lr_scale must be positive, got {config.location_lr_scale!r}",
     )
     _check(
-        config.location_lr_scale == 1 or (config.model == "ram" and config.policy == "learned"),
-        "location_lr_scale applies to RAM with a learned policy only",
+        config.location_lr_scale == 1 or config.model == "ram",
+        f"location_lr_scale applies to model 'ram' only, not {config.model!r}",
     )
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")

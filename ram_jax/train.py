@@ -217,7 +217,7 @@ def make_optimizer(
     ``weight_decay > 0`` decays every parameter by ``learning rate * weight_decay`` per step,
     decoupled from the gradient (AdamW; for SGD the same decay added to the update).
     ``location_lr_scale != 1`` multiplies the location network's updates by that factor (a
-    learning rate of its own for the policy; RAM only).
+    learning rate of its own for the policy; RAM only, and moot for random glimpses).
     ``ema_decay > 0`` appends ``params_ema``: a moving average of the parameters that
     ``selected_params`` then hands to validation and evaluation.
     """

@@ -47,9 +47,33 @@ def test_mnist28_loads_and_validates():
     assert config.glimpse_size == 8
     assert config.glimpse_scales == 1
     # Only the fields chosen on the validation split differ from the defaults.
-    chosen = {"loc_std": 0.2, "num_epochs": 400}
+    chosen = {
+        "loc_std": 0.2,
+        "num_epochs": 400,
+        "optimizer": "sgd",
+        "learning_rate": 0.01,
+        "location_lr_scale": 0.1,
+    }
     assert {k: config[k] for k in chosen} == chosen
     assert config.to_dict() == {**default_config().to_dict(), **chosen}
+
+
+@pytest.mark.parametrize(
+    ("arg", "optimizer"),
+    [
+        ("glimpses=4", "sgd"),
+        ("glimpses=1,policy=random", "adam"),
+        ("model=fc,hidden=64", "adam"),
+        ("model=conv", "adam"),
+    ],
+)
+def test_mnist28_rows_keep_their_recipes(arg, optimizer):
+    # RAM rows take the SGD recipe; the controls keep Adam at 1e-3, as they were run.
+    config = load_config_module().get_config(arg)
+    validate_config(config)
+    assert config.optimizer == optimizer
+    assert config.learning_rate == (0.01 if optimizer == "sgd" else 1e-3)
+    assert config.location_lr_scale == (0.1 if optimizer == "sgd" else 1.0)
 
 
 @pytest.mark.parametrize("n", [1, 4, 8])
@@ -138,11 +162,13 @@ def test_bad_values_rejected(field, value, match):
         validate_config(config)
 
 
-@pytest.mark.parametrize(("model", "policy"), [("fc", "learned"), ("ram", "random")])
-def test_location_lr_scale_without_a_learned_policy_rejected(model, policy):
+@pytest.mark.parametrize("model", ["fc", "conv"])
+def test_location_lr_scale_on_a_baseline_rejected(model):
     config = default_config()
-    config.model, config.policy, config.location_lr_scale = model, policy, 2.0
-    with pytest.raises(ValueError, match="location_lr_scale applies to RAM with a learned policy"):
+    config.model, config.location_lr_scale = model, 2.0
+    with pytest.raises(
+        ValueError, match=f"location_lr_scale applies to model 'ram' only, not '{model}'"
+    ):
         validate_config(config)
 
 
