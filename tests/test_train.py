@@ -425,14 +425,20 @@ def test_train_step_non_finite_loss_halts(step_setup):
     assert_trees_equal(carry.state, state)
 
 
-def test_train_step_dropout_changes_the_update_and_stays_keyed():
-    config = small_config(warmup_epochs=0, lr_schedule="constant")
+def one_step_setup(config):
+    """Model pieces, a fresh state and one batch of 8 random 28x28 images for a single step."""
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
     optimizer = make_optimizer(config, steps_per_epoch=10)
     state = init_train_state(model, spec, optimizer, jax.random.key(0), (28, 28))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+    return model, spec, weights, optimizer, state, images, labels
+
+
+def test_train_step_dropout_changes_the_update_and_stays_keyed():
+    config = small_config(warmup_epochs=0, lr_schedule="constant")
+    model, spec, weights, optimizer, state, images, labels = one_step_setup(config)
     carry = LoopCarry(state, jnp.array(-1, jnp.int32))
 
     def one_step(rate, key):
@@ -818,12 +824,7 @@ def test_location_lr_scale_scales_only_the_policy_updates():
             learning_rate=0.1,
             location_lr_scale=scale,
         )
-        model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
-        optimizer = make_optimizer(config, steps_per_epoch=10)
-        state = init_train_state(model, spec, optimizer, jax.random.key(0), (28, 28))
-        rng = np.random.default_rng(0)
-        images = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
-        labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+        model, spec, weights, optimizer, state, images, labels = one_step_setup(config)
         step = jax.jit(make_train_step(model, spec, weights, optimizer))
         carry, _ = step(
             LoopCarry(state, jnp.array(-1, jnp.int32)),
