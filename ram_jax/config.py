@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_classes = 10
     # Location policy and loss.
     c.loc_std = 0.1
+    # < 1: glimpses are read at location_range * l, inside the central part of the canvas
+    # (policy units unchanged; the Torch reproduction's scaling; not in the paper).
+    c.location_range = 1.0
     c.random_first_glimpse = True  # False: training episodes start at the centre too
     c.reinforce_through_core = False  # True: REINFORCE also trains core and glimpse nets
     c.classification_weight = 1.0
@@ -193,6 +196,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
+    _check(
+        0 < config.location_range <= 1,
+        f"location_range must be in (0, 1], got {config.location_range!r}",
+    )
+    _check(
+        config.location_range == 1 or config.model == "ram",
+        f"location_range applies to model 'ram' only, not {config.model!r}",
+    )
     _check(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
     _check(
         config.location_lr_scale > 0,

@@ -53,6 +53,10 @@ class RolloutSpec:
       scales: patches per glimpse, each ``factor`` times wider than the last.
       factor: integer growth between scales.
       loc_std: fixed std of the Gaussian location policy, in [-1, 1] units.
+      location_range: the retina reads the glimpse chosen as ``l`` (policy units, in
+        [-1, 1]) at ``location_range * l`` in image coordinates: below 1, every glimpse centre
+        lies in the central ``location_range`` of each axis and the policy's noise is that much
+        narrower in pixels (the Torch reproduction reads at about 0.43; not in the paper).
       reinforce_through_core: whether REINFORCE's gradient reaches core and glimpse networks.
       random_first_glimpse: in ``"sample"`` mode, draw the first location uniformly from
         [-1, 1]^2 (the paper); if False start at the centre, as the deterministic mode does.
@@ -66,6 +70,7 @@ class RolloutSpec:
     scales: int = 1
     factor: int = 2
     loc_std: float = 0.1
+    location_range: float = 1.0
     reinforce_through_core: bool = True
     random_first_glimpse: bool = True
     policy: str = "learned"
@@ -76,6 +81,11 @@ class RolloutSpec:
         is_number = isinstance(self.loc_std, numbers.Real) and not isinstance(self.loc_std, bool)
         if not (is_number and self.loc_std > 0):
             raise ValueError(f"loc_std must be a positive number, got {self.loc_std!r}")
+        is_number = isinstance(self.location_range, numbers.Real) and not isinstance(
+            self.location_range, bool
+        )
+        if not (is_number and 0 < self.location_range <= 1):
+            raise ValueError(f"location_range must be in (0, 1], got {self.location_range!r}")
         for name in ("num_glimpses", "size", "scales", "factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -86,8 +96,10 @@ class Trajectory(NamedTuple):
     """What one episode produced. Time-major: ``T`` glimpses, ``B`` images, ``K`` classes.
 
     Attributes:
-      locations: f32[T, B, 2], where each glimpse was read, (y, x) in [-1, 1].
-      means: f32[T-1, B, 2], the policy mean that chose ``locations[1:]``.
+      locations: f32[T, B, 2], where each glimpse was read, (y, x) in [-1, 1] image
+        coordinates.
+      means: f32[T-1, B, 2], the policy mean that chose ``locations[1:]``, in policy units
+        (the retina reads at ``RolloutSpec.location_range`` times the clipped sample).
       log_probs: f32[T-1, B], log-density of the (unclipped) sample under that policy.
       baselines: f32[T-1, B], b_t from the state that chose ``locations[t + 1]``.
       logits: f32[B, K], the action network's output after the last glimpse.
@@ -187,7 +199,9 @@ def rollout(
         first_loc = jnp.zeros((batch, 2), jnp.float32)
 
     def glimpse_step(carry, step_key):
-        state, loc = carry
+        state, policy_loc = carry
+        # A Python float: range 1 leaves the traced program exactly as without the option.
+        loc = policy_loc if spec.location_range == 1 else spec.location_range * policy_loc
         patches = retina.glimpse_from_padded(
             padded, loc, (height, width), size=spec.size, scales=spec.scales, factor=spec.factor
         )

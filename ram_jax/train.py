@@ -147,6 +147,7 @@ def rollout_spec(config: ml_collections.ConfigDict) -> RolloutSpec:
         scales=config.glimpse_scales,
         factor=config.glimpse_factor,
         loc_std=float(config.loc_std),
+        location_range=float(config.location_range),
         reinforce_through_core=config.reinforce_through_core,
         random_first_glimpse=config.random_first_glimpse,
         policy=config.policy,

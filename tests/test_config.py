@@ -152,6 +152,8 @@ def test_unknown_field_is_named():
         ("advantage", "critic", "advantage must be one of"),
         ("recurrent_init", "orthogonal", "recurrent_init must be one of"),
         ("location_lr_scale", 0.0, "location_lr_scale must be positive"),
+        ("location_range", 0.0, r"location_range must be in \(0, 1\]"),
+        ("location_range", 1.2, r"location_range must be in \(0, 1\]"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
     ],
 )
@@ -168,6 +170,16 @@ def test_location_lr_scale_on_a_baseline_rejected(model):
     config.model, config.location_lr_scale = model, 2.0
     with pytest.raises(
         ValueError, match=f"location_lr_scale applies to model 'ram' only, not '{model}'"
+    ):
+        validate_config(config)
+
+
+@pytest.mark.parametrize("model", ["fc", "conv"])
+def test_location_range_on_a_baseline_rejected(model):
+    config = default_config()
+    config.model, config.location_range = model, 0.5
+    with pytest.raises(
+        ValueError, match=f"location_range applies to model 'ram' only, not '{model}'"
     ):
         validate_config(config)
 
@@ -233,7 +245,9 @@ def test_config_fields_reach_the_model_and_spec():
     config.glimpse_scales, config.glimpse_factor, config.loc_std = 3, 3, 0.2
     config.reinforce_through_core = True
     config.pixel_mean, config.pixel_std = 0.25, 0.5
+    config.location_range = 0.5
     model, spec = train.build_model(config), train.rollout_spec(config)
+    assert spec.location_range == 0.5
     assert (model.core, model.core_hidden, model.num_classes) == ("lstm", 32, 7)
     assert (model.pixel_mean, model.pixel_std) == (0.25, 0.5)
     assert (spec.scales, spec.factor, spec.loc_std, spec.reinforce_through_core) == (

@@ -103,6 +103,62 @@ def test_trajectory_matches_step_by_step_replay(core):
     np.testing.assert_allclose(traj.log_probs, expected_lp, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("location_range", [0.5, 0.25])
+def test_location_range_reads_glimpses_inside_the_central_part(location_range):
+    """The retina and the glimpse network see ``location_range * l``; the policy keeps its units.
+
+    Replays the episode at its stored locations (image coordinates) and recovers the policy's
+    samples from them: locations[t + 1] / location_range scored under means[t] gives the
+    stored log-probabilities.
+    """
+    spec = RolloutSpec(
+        num_glimpses=4, size=4, scales=2, loc_std=0.05, location_range=location_range
+    )
+    model, params = make_model("rnn", spec)
+    images = make_images()
+    traj = _np(rollout(model, params, images, jax.random.key(3), spec))
+    assert np.all(np.abs(traj.locations) <= location_range)
+    variables = {"params": params}
+    state = initial_core_state("rnn", B, 16)
+    for t in range(spec.num_glimpses):
+        loc = jnp.asarray(traj.locations[t])
+        patches = batched_glimpse(images, loc, size=4, scales=2)
+        state, h = model.apply(variables, state, patches, loc, method=RAM.step)
+        if t < spec.num_glimpses - 1:
+            mean = model.apply(variables, h, method=RAM.location_mean)
+            np.testing.assert_allclose(traj.means[t], mean, rtol=1e-5, atol=1e-6)
+    logits = model.apply(variables, h, method=RAM.classify)
+    np.testing.assert_allclose(traj.logits, logits, rtol=1e-5, atol=1e-5)
+    samples = traj.locations[1:] / location_range
+    assert np.all(np.abs(samples) < 1)  # nothing clipped at this std
+    expected_lp = gaussian_log_prob(samples, traj.means, spec.loc_std)
+    np.testing.assert_allclose(traj.log_probs, expected_lp, rtol=1e-4, atol=1e-4)
+
+
+def test_location_range_scales_first_and_mean_locations(rnn):
+    model, params = rnn
+    images = make_images(64)
+    half = RolloutSpec(num_glimpses=3, size=4, scales=2, loc_std=0.1, location_range=0.5)
+    full = _np(jit_rollout(model, params, images, jax.random.key(4), SPEC))
+    scaled = _np(jit_rollout(model, params, images, jax.random.key(4), half))
+    # The same key draws the same uniform first location, read at half the distance.
+    np.testing.assert_allclose(scaled.locations[0], 0.5 * full.locations[0], rtol=1e-6)
+    # Following the mean: each next glimpse is read at half the clipped mean.
+    det = _np(jit_rollout(model, params, images, jax.random.key(4), half, mode="mean"))
+    np.testing.assert_array_equal(det.locations[0], 0.0)
+    np.testing.assert_allclose(det.locations[1:], 0.5 * np.clip(det.means, -1, 1), rtol=1e-6)
+
+
+def test_location_range_one_is_the_default_episode(rnn):
+    model, params = rnn
+    images = make_images()
+    spec = RolloutSpec(num_glimpses=3, size=4, scales=2, loc_std=0.1, location_range=1.0)
+    a = _np(jit_rollout(model, params, images, jax.random.key(6), SPEC))
+    b = _np(jit_rollout(model, params, images, jax.random.key(6), spec))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 # ------------------------------------------------------------------------------------------
 # Keys and modes
 
@@ -332,6 +388,10 @@ def test_mc_class_probs_rejects_zero_samples(rnn):
         (dict(size=0), "size"),
         (dict(scales=0), "scales"),
         (dict(factor=0), "factor"),
+        (dict(location_range=0.0), "location_range"),
+        (dict(location_range=1.5), "location_range"),
+        (dict(location_range=-0.5), "location_range"),
+        (dict(location_range=True), "location_range"),
     ],
 )
 def test_spec_rejects(kwargs, match):
