@@ -166,11 +166,18 @@ class Row:
 
     @property
     def model_label(self) -> str:
-        """``base_label``, naming the core when it is not the paper's ReLU RNN."""
+        """``base_label``, naming a RAM's departures from the paper's model: a core other than
+        the ReLU RNN, glimpses kept inside the central part of the canvas."""
+        if self.config.get("model") != "ram":
+            return self.base_label
+        notes = []
         core = self.config.get("core") or "rnn"
-        if self.config.get("model") == "ram" and core != "rnn":
-            return f"{self.base_label} ({core.upper()} core)"
-        return self.base_label
+        if core != "rnn":
+            notes.append(f"{core.upper()} core")
+        location_range = self.config.get("location_range")
+        if location_range is not None and location_range != 1:
+            notes.append(f"glimpses within ±{location_range:g}")
+        return f"{self.base_label} ({', '.join(notes)})" if notes else self.base_label
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -189,9 +196,11 @@ def _value_text(value: Any) -> str:
 def group_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
     """Groups per-seed runs by configuration; rows sorted by task (paper order), then label.
 
-    A RAM whose core is not the paper's RNN says so (``"RAM 8 glimpses (LSTM core)"``); its
-    paper numbers are still the row's. Rows of one task that share a label but differ in config
-    get the differing fields appended, e.g. ``"RAM 6 glimpses (learning_rate=0.003)"``.
+    A RAM whose core is not the paper's RNN says so (``"RAM 8 glimpses (LSTM core)"``), and so
+    does one whose glimpses are kept inside the canvas's centre (``"RAM 6 glimpses (glimpses
+    within ±0.4)"``); its paper numbers are still the row's. Rows of one task that share a
+    label but differ in config get the differing fields appended, e.g. ``"RAM 6 glimpses
+    (learning_rate=0.003)"``.
     """
     rows: dict[str, Row] = {}
     for result in results:

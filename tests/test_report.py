@@ -270,6 +270,24 @@ def test_a_core_other_than_the_papers_is_named_and_keeps_the_paper_numbers(
     }
 
 
+def test_a_location_range_is_named_and_keeps_the_paper_numbers(tmp_path: Path) -> None:
+    paths = [
+        write_result(tmp_path / "full", location_range=1.0, test=2.0),
+        write_result(tmp_path / "centre", location_range=0.4, test=1.0),
+        write_result(tmp_path / "both", task="translated60", num_glimpses=8, core="lstm",
+                     location_range=0.5, test=3.0),
+        write_result(tmp_path / "fc", model="fc", fc_hidden=256, location_range=0.4, test=4.0),
+    ]  # fmt: skip
+    _, rows = rows_of(paths)
+    got = {r["model"]: (r["test %"], r["paper arXiv v1"], r["paper NIPS"]) for r in rows}
+    assert got == {
+        "RAM 6 glimpses": ("2.00", "1.29", "1.12"),
+        "RAM 6 glimpses (glimpses within ±0.4)": ("1.00", "1.29", "1.12"),
+        "RAM 8 glimpses (LSTM core, glimpses within ±0.5)": ("3.00", "1.84", "1.20"),
+        "FC 256": ("4.00", "1.35", "1.69"),
+    }
+
+
 def test_missing_values_and_mixed_mc_samples(tmp_path: Path) -> None:
     paths = [
         write_result(tmp_path / "a", seed=0, test=2.0, test_mc=None, train_seconds=None,
