@@ -54,9 +54,10 @@ class RolloutSpec:
       factor: integer growth between scales.
       loc_std: fixed std of the Gaussian location policy, in [-1, 1] units.
       location_range: the retina reads the glimpse chosen as ``l`` (policy units, in
-        [-1, 1]) at ``location_range * l`` in image coordinates: below 1, every glimpse centre
-        lies in the central ``location_range`` of each axis and the policy's noise is that much
-        narrower in pixels (the Torch reproduction reads at about 0.43; not in the paper).
+        [-1, 1]; the random first location too) at ``location_range * l`` in image
+        coordinates: below 1, every glimpse centre lies in the central ``location_range`` of
+        each axis and the policy's noise is that much narrower in pixels (the Torch
+        reproduction reads at about 0.43; not in the paper).
       reinforce_through_core: whether REINFORCE's gradient reaches core and glimpse networks.
       random_first_glimpse: in ``"sample"`` mode, draw the first location uniformly from
         [-1, 1]^2 (the paper); if False start at the centre, as the deterministic mode does.
