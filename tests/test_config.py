@@ -47,7 +47,14 @@ def test_mnist28_loads_and_validates():
     assert config.glimpse_size == 8
     assert config.glimpse_scales == 1
     # Only the fields chosen on the validation split differ from the defaults.
-    chosen = {"loc_std": 0.5, "num_epochs": 400, "location_range": 0.4}
+    chosen = {
+        "loc_std": 0.2,
+        "num_epochs": 400,
+        "optimizer": "sgd",
+        "learning_rate": 0.01,
+        "location_lr_scale": 0.1,
+        "location_range": 0.5,
+    }
     assert {k: config[k] for k in chosen} == chosen
     assert config.to_dict() == {**default_config().to_dict(), **chosen}
 
@@ -62,13 +69,14 @@ def test_mnist28_loads_and_validates():
     ],
 )
 def test_mnist28_rows_keep_their_recipes(arg, learned):
-    # Learned-policy RAM rows read glimpses near the centre with a wider policy; the controls
-    # keep the whole canvas and std 0.2, as they were run. All use Adam at 1e-3 for 400 epochs.
+    # Learned-policy RAM rows take SGD with glimpses near the centre; the controls keep Adam at
+    # 1e-3 over the whole canvas, as they were run. All use std 0.2 and 400 epochs.
     config = load_config_module().get_config(arg)
     validate_config(config)
-    assert (config.optimizer, config.learning_rate, config.location_lr_scale) == ("adam", 1e-3, 1.0)
-    assert config.num_epochs == 400
-    assert (config.location_range, config.loc_std) == ((0.4, 0.5) if learned else (1.0, 0.2))
+    recipe = (config.optimizer, config.learning_rate, config.location_lr_scale)
+    assert recipe == (("sgd", 0.01, 0.1) if learned else ("adam", 1e-3, 1.0))
+    assert config.location_range == (0.5 if learned else 1.0)
+    assert (config.loc_std, config.num_epochs) == (0.2, 400)
 
 
 @pytest.mark.parametrize("n", [1, 4, 8])

@@ -314,9 +314,11 @@ def test_real_checkpoint_results(tmp_path: Path) -> None:
     _, rows = rows_of([results_file.parent])
     assert len(rows) == 1
     row = rows[0]
-    # The shipped model reads its glimpses within 0.4 of the centre (not the paper's model).
+    # The shipped model reads its glimpses near the centre (not the paper's model).
+    location_range = saved["config"]["location_range"]
+    assert location_range < 1
     assert (row["task"], row["seeds"]) == ("mnist28", "1")
-    assert row["model"] == "RAM 6 glimpses (glimpses within ±0.4)"
+    assert row["model"] == f"RAM 6 glimpses (glimpses within ±{location_range:g})"
     assert (row["paper arXiv v1"], row["paper NIPS"]) == ("1.29", "1.12")
     assert row["test %"] == f"{saved['test_error_pct']:.2f}"
     assert row["commit"] == saved["commit"][:7]
