@@ -167,23 +167,12 @@ def test_bad_values_rejected(field, value, match):
         validate_config(config)
 
 
+@pytest.mark.parametrize(("field", "value"), [("location_lr_scale", 2.0), ("location_range", 0.5)])
 @pytest.mark.parametrize("model", ["fc", "conv"])
-def test_location_lr_scale_on_a_baseline_rejected(model):
+def test_location_options_on_a_baseline_rejected(model, field, value):
     config = default_config()
-    config.model, config.location_lr_scale = model, 2.0
-    with pytest.raises(
-        ValueError, match=f"location_lr_scale applies to model 'ram' only, not '{model}'"
-    ):
-        validate_config(config)
-
-
-@pytest.mark.parametrize("model", ["fc", "conv"])
-def test_location_range_on_a_baseline_rejected(model):
-    config = default_config()
-    config.model, config.location_range = model, 0.5
-    with pytest.raises(
-        ValueError, match=f"location_range applies to model 'ram' only, not '{model}'"
-    ):
+    config.model, config[field] = model, value
+    with pytest.raises(ValueError, match=f"{field} applies to model 'ram' only, not '{model}'"):
         validate_config(config)
 
 

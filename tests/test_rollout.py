@@ -72,18 +72,25 @@ def test_trajectory_shapes(core, num_glimpses, mode):
         assert np.all(np.isfinite(np.asarray(x)))
 
 
+@pytest.mark.parametrize("location_range", [1.0, 0.5, 0.25])
 @pytest.mark.parametrize("core", CORES)
-def test_trajectory_matches_step_by_step_replay(core):
+def test_trajectory_matches_step_by_step_replay(core, location_range):
     """Replays the episode one glimpse at a time at the trajectory's own locations.
 
     Pins the time alignment: glimpse t is read at locations[t]; means[t] and baselines[t] come
     from h_t (the state after glimpse t) and means[t] chose locations[t + 1]; logits come from
-    the state after the last glimpse; the baseline is not fed the sample.
+    the state after the last glimpse; the baseline is not fed the sample. With a
+    ``location_range`` below 1 the retina and glimpse network see ``location_range * l``
+    (image coordinates, stored in ``locations``) while the policy keeps its units: the scored
+    samples are ``locations[1:] / location_range``.
     """
-    spec = RolloutSpec(num_glimpses=4, size=4, scales=2, loc_std=0.05)
+    spec = RolloutSpec(
+        num_glimpses=4, size=4, scales=2, loc_std=0.05, location_range=location_range
+    )
     model, params = make_model(core, spec)
     images = make_images()
     traj = _np(rollout(model, params, images, jax.random.key(3), spec))
+    assert np.all(np.abs(traj.locations) <= location_range)
     variables = {"params": params}
     state = initial_core_state(core, B, 16)
     for t in range(spec.num_glimpses):
@@ -98,39 +105,8 @@ def test_trajectory_matches_step_by_step_replay(core):
     logits = model.apply(variables, h, method=RAM.classify)
     np.testing.assert_allclose(traj.logits, logits, rtol=1e-5, atol=1e-5)
     # With a small std nothing was clipped, so the stored locations are the samples scored.
-    assert np.all(np.abs(traj.locations[1:]) < 1)
-    expected_lp = gaussian_log_prob(traj.locations[1:], traj.means, spec.loc_std)
-    np.testing.assert_allclose(traj.log_probs, expected_lp, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("location_range", [0.5, 0.25])
-def test_location_range_reads_glimpses_inside_the_central_part(location_range):
-    """The retina and the glimpse network see ``location_range * l``; the policy keeps its units.
-
-    Replays the episode at its stored locations (image coordinates) and recovers the policy's
-    samples from them: locations[t + 1] / location_range scored under means[t] gives the
-    stored log-probabilities.
-    """
-    spec = RolloutSpec(
-        num_glimpses=4, size=4, scales=2, loc_std=0.05, location_range=location_range
-    )
-    model, params = make_model("rnn", spec)
-    images = make_images()
-    traj = _np(rollout(model, params, images, jax.random.key(3), spec))
-    assert np.all(np.abs(traj.locations) <= location_range)
-    variables = {"params": params}
-    state = initial_core_state("rnn", B, 16)
-    for t in range(spec.num_glimpses):
-        loc = jnp.asarray(traj.locations[t])
-        patches = batched_glimpse(images, loc, size=4, scales=2)
-        state, h = model.apply(variables, state, patches, loc, method=RAM.step)
-        if t < spec.num_glimpses - 1:
-            mean = model.apply(variables, h, method=RAM.location_mean)
-            np.testing.assert_allclose(traj.means[t], mean, rtol=1e-5, atol=1e-6)
-    logits = model.apply(variables, h, method=RAM.classify)
-    np.testing.assert_allclose(traj.logits, logits, rtol=1e-5, atol=1e-5)
     samples = traj.locations[1:] / location_range
-    assert np.all(np.abs(samples) < 1)  # nothing clipped at this std
+    assert np.all(np.abs(samples) < 1)
     expected_lp = gaussian_log_prob(samples, traj.means, spec.loc_std)
     np.testing.assert_allclose(traj.log_probs, expected_lp, rtol=1e-4, atol=1e-4)
 
