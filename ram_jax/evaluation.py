@@ -2,6 +2,8 @@
 
 Two modes: ``"mean"`` (one deterministic rollout: centre first, then the policy mean) and
 ``"mc"`` (class probabilities averaged over ``mc_samples`` sampled rollouts, Ba et al. 2015).
+``mean_paths`` and ``digit_distances`` say where the deterministic rollout looked, relative to
+the digit (``experiments.diagnose``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import numpy as np
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
 
-__all__ = ["error_pct", "predict"]
+__all__ = ["digit_distances", "error_pct", "mean_paths", "predict"]
+
+
+def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
+    """[N, ...] zero-padded to a multiple of ``batch_size``, as [batches, batch_size, ...]."""
+    n = images.shape[0]
+    num_batches = -(-n // batch_size)
+    pad = num_batches * batch_size - n
+    padded = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
+    return padded.reshape(num_batches, batch_size, *images.shape[1:]), n
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size", "mc_samples"))
@@ -38,12 +49,8 @@ def predict(
     The dataset is processed in batches of ``batch_size`` by ``lax.map`` (padded at the end), so
     memory stays bounded and one compiled program serves the whole set.
     """
-    n = images.shape[0]
-    num_batches = -(-n // batch_size)
-    pad = num_batches * batch_size - n
-    padded = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
-    batches = padded.reshape(num_batches, batch_size, *images.shape[1:])
-    keys = jax.random.split(key, num_batches)
+    batches, n = _batched(images, batch_size)
+    keys = jax.random.split(key, batches.shape[0])
 
     def classify(args):
         batch, batch_key = args
@@ -80,3 +87,74 @@ def error_pct(
     )
     wrong = int(np.sum(np.asarray(predicted) != np.asarray(labels)))
     return round(100.0 * wrong / len(labels), 4)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size"))
+def mean_paths(
+    model: RAM, params, images: jax.Array, key: jax.Array, spec: RolloutSpec, *, batch_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """The deterministic rollout of every image: where it looked and what it predicted.
+
+    Args:
+      model, params, spec: a RAM, its parameters and its episode description.
+      images: u8/f32[N, H, W(, C)].
+      key: split into one key per batch as ``predict`` does; only the ``"random"`` policy's
+        locations depend on it (``error_pct`` uses ``jax.random.key(0)``).
+      batch_size: images per rollout (``lax.map`` over batches, as in ``predict``).
+
+    Returns:
+      locations: f32[T, N, 2], (y, x) in [-1, 1] image coordinates (``Trajectory.locations``).
+      predictions: int32[N], the classes ``predict`` gives with ``mc_samples=0`` and the same
+        key and batch size.
+    """
+    if not isinstance(model, RAM):
+        raise TypeError(f"mean_paths needs a RAM model, got {type(model).__name__}")
+    batches, n = _batched(images, batch_size)
+    keys = jax.random.split(key, batches.shape[0])
+
+    def one(args):
+        batch, batch_key = args
+        trajectory = rollout(model, params, batch, batch_key, spec, mode="mean")
+        return trajectory.locations, jnp.argmax(trajectory.logits, axis=-1)
+
+    locations, predictions = jax.lax.map(one, (batches, keys))
+    steps = locations.shape[1]  # [batches, T, batch_size, 2]
+    locations = jnp.moveaxis(locations, 1, 0).reshape(steps, -1, 2)[:, :n]
+    return locations, predictions.reshape(-1)[:n]
+
+
+def digit_distances(
+    locations: np.ndarray,
+    digit_offsets: np.ndarray,
+    image_hw: tuple[int, int],
+    digit_size: int = 28,
+) -> np.ndarray:
+    """Distance in pixels from every glimpse centre to the centre of its image's digit.
+
+    Uses the retina's convention (``ram_jax.glimpse``): location ``l`` on an axis of ``n``
+    pixels is the point ``(clip(l, -1, 1) + 1) / 2 * n`` (pixel ``i`` spans ``[i, i + 1)``), and
+    a digit whose top-left pixel is ``offset`` has its centre at ``offset + digit_size / 2``.
+
+    Args:
+      locations: f32[T, N, 2], (y, x) in [-1, 1].
+      digit_offsets: int[N, 2], (row, col) of each digit's top-left pixel
+        (``ram_jax.tasks.Placement.digit_offsets``; zeros for 28x28 MNIST).
+      image_hw: (H, W) of the canvas.
+      digit_size: side of the digit's square.
+
+    Returns:
+      f32[T, N]: the larger of the row and column distances (so ``<= r`` means the glimpse
+      centre lies in the square of half-side ``r`` around the digit's centre).
+    """
+    locations = np.asarray(locations, np.float64)
+    offsets = np.asarray(digit_offsets, np.float64)
+    if locations.ndim != 3 or locations.shape[-1] != 2:
+        raise ValueError(f"locations must be [T, N, 2], got shape {locations.shape}")
+    if offsets.shape != (locations.shape[1], 2):
+        raise ValueError(
+            f"digit_offsets must be [N, 2] = [{locations.shape[1]}, 2], got shape {offsets.shape}"
+        )
+    extent = np.asarray(image_hw, np.float64)
+    centres = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent
+    digit_centres = offsets + digit_size / 2.0
+    return np.abs(centres - digit_centres[None]).max(axis=-1).astype(np.float32)

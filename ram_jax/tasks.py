@@ -32,6 +32,7 @@ __all__ = [
     "Placement",
     "TaskSpec",
     "fixed_set",
+    "fixed_set_with_placement",
     "generate",
     "get_task",
     "make_batch",
@@ -171,14 +172,7 @@ def generate(
     """
     _check_inputs(spec, digits, sources)
     if not spec.generated:
-        batch = digits.shape[0]
-        none = Placement(
-            jnp.zeros((batch, 2), jnp.int32),
-            jnp.zeros((batch, 0, 2), jnp.int32),
-            jnp.zeros((batch, 0), jnp.int32),
-            jnp.zeros((batch, 0, 2), jnp.int32),
-        )
-        return digits, none
+        return digits, _no_placement(spec, digits.shape[0])
     return _generate_each(jax.random.split(key, digits.shape[0]), spec, digits, sources)
 
 
@@ -195,7 +189,7 @@ def _split_id(split: str) -> int:
 @functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
 def _fixed_set(
     key: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array, batch_size: int
-) -> jax.Array:
+) -> tuple[jax.Array, Placement]:
     count = digits.shape[0]
     chunks = -(-count // batch_size)
     padded = chunks * batch_size
@@ -204,14 +198,56 @@ def _fixed_set(
     keys = jax.vmap(functools.partial(jax.random.fold_in, key))(indices)
     digits = jnp.pad(digits, ((0, padded - count), (0, 0), (0, 0)))
 
-    def chunk(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+    def chunk(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, Placement]:
         keys, digits = args
-        return _generate_each(keys, spec, digits, sources)[0]
+        return _generate_each(keys, spec, digits, sources)
 
-    images = jax.lax.map(
+    images, placement = jax.lax.map(
         chunk, (keys.reshape(chunks, batch_size), digits.reshape(chunks, batch_size, DIGIT, DIGIT))
     )
-    return images.reshape(padded, *spec.image_shape)[:count]
+
+    def merge(x: jax.Array) -> jax.Array:
+        return x.reshape(padded, *x.shape[2:])[:count]
+
+    return merge(images), jax.tree.map(merge, placement)
+
+
+def _no_placement(spec: TaskSpec, batch: int) -> Placement:
+    pieces = spec.clutter_pieces  # 0 without a canvas
+    return Placement(
+        jnp.zeros((batch, 2), jnp.int32),
+        jnp.zeros((batch, pieces, 2), jnp.int32),
+        jnp.zeros((batch, pieces), jnp.int32),
+        jnp.zeros((batch, pieces, 2), jnp.int32),
+    )
+
+
+def fixed_set_with_placement(
+    spec: TaskSpec,
+    digits: jax.Array,
+    sources: jax.Array,
+    *,
+    seed: int,
+    split: str,
+    batch_size: int = 500,
+) -> tuple[jax.Array, Placement]:
+    """A fixed validation / test set and what was drawn for it (see ``fixed_set``).
+
+    Returns:
+      images: uint8[N, H, W], the bytes of ``fixed_set`` with the same arguments.
+      placement: ``Placement`` with B = N (where each digit and clutter piece lies); all zeros
+        when ``spec.canvas == 0`` (the digit is the whole image).
+    """
+    digits, sources = jnp.asarray(digits), jnp.asarray(sources)
+    _check_inputs(spec, digits, sources)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not spec.generated:
+        return digits, _no_placement(spec, digits.shape[0])
+    if digits.shape[0] == 0:
+        return jnp.zeros((0, *spec.image_shape), jnp.uint8), _no_placement(spec, 0)
+    key = jax.random.fold_in(jax.random.key(seed), _split_id(split))
+    return _fixed_set(key, spec, digits, sources, min(batch_size, digits.shape[0]))
 
 
 def fixed_set(
@@ -236,13 +272,7 @@ def fixed_set(
     Returns:
       uint8[N, H, W]; ``digits`` unchanged when ``spec.canvas == 0``.
     """
-    digits, sources = jnp.asarray(digits), jnp.asarray(sources)
-    _check_inputs(spec, digits, sources)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not spec.generated:
-        return digits
-    if digits.shape[0] == 0:
-        return jnp.zeros((0, *spec.image_shape), jnp.uint8)
-    key = jax.random.fold_in(jax.random.key(seed), _split_id(split))
-    return _fixed_set(key, spec, digits, sources, min(batch_size, digits.shape[0]))
+    images, _ = fixed_set_with_placement(
+        spec, digits, sources, seed=seed, split=split, batch_size=batch_size
+    )
+    return images

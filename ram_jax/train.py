@@ -34,7 +34,7 @@ from ram_jax.losses import LossWeights, hybrid_loss
 from ram_jax.networks import RAM
 from ram_jax.progress import Progress, format_seconds
 from ram_jax.rollout import RolloutSpec, rollout, to_float_images
-from ram_jax.tasks import TaskSpec, fixed_set, get_task, make_batch
+from ram_jax.tasks import Placement, TaskSpec, fixed_set_with_placement, get_task, make_batch
 
 __all__ = [
     "Dataset",
@@ -445,6 +445,18 @@ def make_train_chunk(
 # Data
 
 
+def fixed_canvases(
+    config: ml_collections.ConfigDict, digits: jax.Array, split: str
+) -> tuple[jax.Array, Placement]:
+    """The fixed images of a validation / test split and where their digits lie.
+
+    Clutter comes from the split's own digits; the bytes are a function of ``task_seed``. For
+    28x28 MNIST the digits themselves, with zero offsets.
+    """
+    task = get_task(config.task)
+    return fixed_set_with_placement(task, digits, digits, seed=config.task_seed, split=split)
+
+
 def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
     """The task's train / validation / test sets, on the default device.
 
@@ -471,8 +483,7 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
     def put(x, y, split=None):
         x = jax.device_put(x)
         if split is not None and task.generated:
-            # Fixed canvases: clutter from the split's own digits, bytes a function of task_seed.
-            x = fixed_set(task, x, x, seed=config.task_seed, split=split)
+            x = fixed_canvases(config, x, split)[0]
         return Dataset(x, jax.device_put(y.astype(np.int32)))
 
     validation = put(val_x, val_y, "validation") if config.validation_size else None

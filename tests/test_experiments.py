@@ -1,4 +1,4 @@
-"""The command-line entry points, run as subprocesses: experiments.train and experiments.evaluate.
+"""The command-line entry points, run as subprocesses: experiments.train, evaluate and diagnose.
 
 They read real MNIST from $RAM_JAX_MNIST_DIR (else ``../shared/data/mnist`` next to the repo).
 """
@@ -111,6 +111,27 @@ def test_evaluate_cli_prints_json_last_line(tiny_run):
     assert report["test_error_pct"] == results["test_error_pct"]
     assert report["val_error_pct"] == results["val_error_pct"]
     assert report["test_error_mc_pct"] == results["test_error_mc_pct"]
+
+
+@needs_mnist
+def test_diagnose_cli_scores_the_rollouts_training_scored(tiny_run):
+    workdir, train_proc = tiny_run
+    assert train_proc.returncode == 0, describe(train_proc)
+    proc = run_module("experiments.diagnose", f"--workdir={workdir}", "--radii=2,20")
+    assert proc.returncode == 0, describe(proc)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = json.loads((workdir / "results.json").read_text())
+    assert report["task"] == "mnist28" and report["split"] == "validation"
+    assert report["images"] == 500
+    assert report["error_pct"] == pytest.approx(results["val_error_pct"], abs=1e-6)
+    assert len(report["mean_distance_px"]) == 3  # the glimpses=3 row
+    # On 28x28 the first glimpse is the centre, which is the digit's centre; every digit too.
+    assert report["mean_distance_px"][0] == 0.0
+    assert report["by_offset"] == [
+        {"from_px": 0, "to_px": 4, "images": 500, "error_pct": report["error_pct"]}
+    ]
+    # A glimpse centre on a 28x28 canvas is never more than 14 px from its centre.
+    assert report["near"][1]["images_pct"] == 100.0
 
 
 def test_unknown_override_is_rejected(tmp_path):

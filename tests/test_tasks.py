@@ -6,7 +6,16 @@ import jax
 import numpy as np
 import pytest
 
-from ram_jax.tasks import TASKS, Placement, TaskSpec, fixed_set, generate, get_task, make_batch
+from ram_jax.tasks import (
+    TASKS,
+    Placement,
+    TaskSpec,
+    fixed_set,
+    fixed_set_with_placement,
+    generate,
+    get_task,
+    make_batch,
+)
 
 GENERATED = ["translated60", "cluttered60", "cluttered100"]
 
@@ -262,3 +271,28 @@ def test_fixed_set_keeps_the_digit_order():
         r, c = rows.min(), cols.min()
         assert rows.max() == r + 27 and cols.max() == c + 27
         np.testing.assert_array_equal(image[r : r + 28, c : c + 28], digit)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_fixed_set_placement_rebuilds_its_images(name):
+    spec = TASKS[name]
+    digits = random_digits(11, 15)
+    images, placement = fixed_set_with_placement(
+        spec, digits, digits, seed=2, split="validation", batch_size=4
+    )
+    np.testing.assert_array_equal(
+        images, fixed_set(spec, digits, digits, seed=2, split="validation")
+    )
+    assert placement.digit_offsets.shape == (11, 2)
+    assert placement.piece_offsets.shape == (11, spec.clutter_pieces, 2)
+    np.testing.assert_array_equal(images, rebuild(spec, digits, digits, placement))
+
+
+def test_fixed_set_placement_of_28x28_is_the_digit_at_the_origin():
+    digits = random_digits(3, 16)
+    images, placement = fixed_set_with_placement(
+        TASKS["mnist28"], digits, digits, seed=0, split="test"
+    )
+    np.testing.assert_array_equal(images, digits)
+    np.testing.assert_array_equal(placement.digit_offsets, np.zeros((3, 2)))
+    assert placement.piece_offsets.shape == (3, 0, 2)
