@@ -113,6 +113,10 @@ def path_report(
     }
 
 
+def _pct_text(value: float | None) -> str:
+    return "n/a (no such image)" if value is None else f"{value}%"
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -185,7 +189,8 @@ def main(argv: list[str]) -> None:
     for row in report["near"]:
         print(
             f"some glimpse within {row['radius_px']:g} px: {row['images_pct']}% of images, "
-            f"error {row['error_near_pct']}% there, {row['error_far_pct']}% elsewhere "
+            f"error {_pct_text(row['error_near_pct'])} there, "
+            f"{_pct_text(row['error_far_pct'])} elsewhere "
             f"({row['errors_far']} of the errors)"
         )
     for row in report["by_offset"]:

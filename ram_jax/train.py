@@ -46,6 +46,7 @@ __all__ = [
     "describe_device",
     "evaluate_params",
     "evaluate_workdir",
+    "fixed_canvases",
     "init_train_state",
     "load_datasets",
     "loss_weights",
