@@ -53,65 +53,6 @@ _DATA_DIR = flags.DEFINE_string(
 )
 flags.mark_flag_as_required("workdir")
 
-# Width in pixels of the bands of ``by_offset`` (the digit centre's distance from the canvas
-# centre, the larger of row and column).
-OFFSET_BAND_PX = 4
-
-
-def path_report(
-    distances: np.ndarray, wrong: np.ndarray, offsets_px: np.ndarray, radii: list[float]
-) -> dict:
-    """The numbers described in the module docstring.
-
-    Args:
-      distances: f32[T, N], glimpse-to-digit distances (``evaluation.digit_distances``).
-      wrong: bool[N], misclassified images.
-      offsets_px: f32[N], distance of each digit's centre from the canvas centre.
-      radii: the distances of the ``near`` table.
-    """
-    n = wrong.shape[0]
-
-    def pct(mask: np.ndarray) -> float | None:
-        return round(100.0 * float(mask.mean()), 3) if mask.size else None
-
-    closest = distances[1:].min(axis=0) if distances.shape[0] > 1 else distances[0]
-    near = []
-    for radius in radii:
-        looked = closest <= radius
-        near.append(
-            {
-                "radius_px": radius,
-                "images_pct": pct(looked),
-                "error_near_pct": pct(wrong[looked]),
-                "error_far_pct": pct(wrong[~looked]),
-                "errors_far": int(np.sum(wrong & ~looked)),
-            }
-        )
-    by_offset = []
-    for low in range(0, int(offsets_px.max()) + 1 if n else 0, OFFSET_BAND_PX):
-        high = low + OFFSET_BAND_PX
-        band = (offsets_px >= low) & (offsets_px < high)
-        if band.any():
-            by_offset.append(
-                {
-                    "from_px": low,
-                    "to_px": high,
-                    "images": int(band.sum()),
-                    "error_pct": pct(wrong[band]),
-                }
-            )
-    return {
-        "images": n,
-        "errors": int(wrong.sum()),
-        "error_pct": pct(wrong),
-        "mean_distance_px": [round(float(d), 2) for d in distances.mean(axis=1)],
-        "mean_distance_px_wrong": [round(float(d), 2) for d in distances[:, wrong].mean(axis=1)]
-        if wrong.any()
-        else None,
-        "near": near,
-        "by_offset": by_offset,
-    }
-
 
 def _pct_text(value: float | None) -> str:
     return "n/a (no such image)" if value is None else f"{value}%"
@@ -177,7 +118,7 @@ def main(argv: list[str]) -> None:
         "task": config.task,
         "split": _SPLIT.value,
         "seed": seed,
-        **path_report(distances, wrong, offsets_px, radii),
+        **evaluation.path_report(distances, wrong, offsets_px, radii),
     }
 
     print(

@@ -2,8 +2,8 @@
 
 Two modes: ``"mean"`` (one deterministic rollout: centre first, then the policy mean) and
 ``"mc"`` (class probabilities averaged over ``mc_samples`` sampled rollouts, Ba et al. 2015).
-``mean_paths`` and ``digit_distances`` say where the deterministic rollout looked, relative to
-the digit (``experiments.diagnose``).
+``mean_paths``, ``digit_distances`` and ``path_report`` say where the deterministic rollout looked,
+relative to the digit (``experiments.diagnose``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
 
-__all__ = ["digit_distances", "error_pct", "mean_paths", "predict"]
+__all__ = ["digit_distances", "error_pct", "mean_paths", "path_report", "predict"]
 
 
 def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
@@ -158,3 +158,71 @@ def digit_distances(
     centres = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent
     digit_centres = offsets + digit_size / 2.0
     return np.abs(centres - digit_centres[None]).max(axis=-1).astype(np.float32)
+
+
+# Width in pixels of the bands of ``by_offset`` (the digit centre's distance from the canvas
+# centre, the larger of row and column).
+OFFSET_BAND_PX = 4
+
+
+def path_report(
+    distances: np.ndarray, wrong: np.ndarray, offsets_px: np.ndarray, radii: list[float]
+) -> dict:
+    """Where a set of deterministic rollouts looked, and which images they got wrong.
+
+    Args:
+      distances: f32[T, N], glimpse-to-digit distances (``evaluation.digit_distances``).
+      wrong: bool[N], misclassified images.
+      offsets_px: f32[N], distance of each digit's centre from the canvas centre.
+      radii: distances in pixels for ``near``.
+
+    Returns:
+      A JSON-ready dict: ``images``, ``errors``, ``error_pct``; ``mean_distance_px`` (per
+      glimpse, over all images) and ``mean_distance_px_wrong`` (over misclassified ones, None
+      if none); ``near``, for each radius r, the share of images where some glimpse after the
+      first (the first is fixed at the centre) came within r, the error among those and among
+      the rest, and how many errors fall among the rest; ``by_offset``, the error in bands of
+      ``OFFSET_BAND_PX`` pixels of ``offsets_px``.
+    """
+    n = wrong.shape[0]
+
+    def pct(mask: np.ndarray) -> float | None:
+        return round(100.0 * float(mask.mean()), 3) if mask.size else None
+
+    closest = distances[1:].min(axis=0) if distances.shape[0] > 1 else distances[0]
+    near = []
+    for radius in radii:
+        looked = closest <= radius
+        near.append(
+            {
+                "radius_px": radius,
+                "images_pct": pct(looked),
+                "error_near_pct": pct(wrong[looked]),
+                "error_far_pct": pct(wrong[~looked]),
+                "errors_far": int(np.sum(wrong & ~looked)),
+            }
+        )
+    by_offset = []
+    for low in range(0, int(offsets_px.max()) + 1 if n else 0, OFFSET_BAND_PX):
+        high = low + OFFSET_BAND_PX
+        band = (offsets_px >= low) & (offsets_px < high)
+        if band.any():
+            by_offset.append(
+                {
+                    "from_px": low,
+                    "to_px": high,
+                    "images": int(band.sum()),
+                    "error_pct": pct(wrong[band]),
+                }
+            )
+    return {
+        "images": n,
+        "errors": int(wrong.sum()),
+        "error_pct": pct(wrong),
+        "mean_distance_px": [round(float(d), 2) for d in distances.mean(axis=1)],
+        "mean_distance_px_wrong": [round(float(d), 2) for d in distances[:, wrong].mean(axis=1)]
+        if wrong.any()
+        else None,
+        "near": near,
+        "by_offset": by_offset,
+    }
