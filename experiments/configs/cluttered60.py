@@ -25,6 +25,8 @@ training, part of it beside other runs; shipped as ``checkpoints/cluttered60``):
 (target 2.6%, paper 4.04-5.23%). With ``--config.num_epochs=60`` (26 minutes beside another
 run): validation 6.01%, test 6.21% / 3.74%; ``:glimpses=4`` 8.18 / 8.67 / 6.31% (8 minutes
 alone on the CPU) and ``:glimpses=6`` 6.66 / 7.13 / 4.79% (11 minutes).
+``--config.num_epochs=60 --config.location_range=0.7`` (not in the paper) gave validation 5.68%,
+test 5.88 / 3.44% on seed 0 (Intel Xeon, 29 minutes beside another run).
 """
 
 import ml_collections
