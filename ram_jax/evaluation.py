@@ -180,8 +180,9 @@ def path_report(
       A JSON-ready dict: ``images``, ``errors``, ``error_pct``; ``mean_distance_px`` (per
       glimpse, over all images) and ``mean_distance_px_wrong`` (over misclassified ones, None
       if none); ``near``, for each radius r, the share of images where some glimpse after the
-      first (the first is fixed at the centre) came within r, the error among those and among
-      the rest, and how many errors fall among the rest; ``by_offset``, the error in bands of
+      first (which the deterministic rollout puts at the centre; with T = 1, the first) came
+      within r, the error among those and among the rest, and how many errors fall among the
+      rest; ``by_offset``, the error in bands of
       ``OFFSET_BAND_PX`` pixels of ``offsets_px``.
     """
     n = wrong.shape[0]
