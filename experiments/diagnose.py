@@ -13,7 +13,10 @@ centre to the centre of the digit's 28x28 square (the larger of the row and colu
 - ``near``: for each radius r of ``--radii``, the share of images where some glimpse after the
   first came within r pixels of the digit's centre, the error among those and among the rest,
   and how many errors fall among the rest ("never looked at the digit");
-- ``by_offset``: the error by how far the digit's centre lies from the canvas centre.
+- ``by_offset``: the error by how far the digit's centre lies from the canvas centre;
+- ``tracking``: per glimpse and axis (y, x), the slope and correlation of the glimpse centre on
+  the digit's centre across images (1 and 1: it looks straight at the digit; slope 0: it ignores
+  where the digit is; ``ram_jax.evaluation.glimpse_tracking``).
 
 On 28x28 MNIST every digit sits at the centre (offset 0). Select on ``validation``; ``test`` is
 there to describe a model already chosen.
@@ -119,6 +122,7 @@ def main(argv: list[str]) -> None:
         "split": _SPLIT.value,
         "seed": seed,
         **evaluation.path_report(distances, wrong, offsets_px, radii),
+        "tracking": evaluation.glimpse_tracking(np.asarray(locations), offsets, task.image_shape),
     }
 
     print(
@@ -138,6 +142,11 @@ def main(argv: list[str]) -> None:
         print(
             f"digit centre {row['from_px']} to <{row['to_px']} px from the canvas centre: "
             f"{row['images']} images, error {row['error_pct']}%"
+        )
+    for t, row in enumerate(report["tracking"]):
+        print(
+            f"glimpse {t + 1} follows the digit: slope (y, x) {row['slope']}, "
+            f"correlation {row['corr']}"
         )
     report["device"] = describe_device()
     report["seconds"] = round(time.perf_counter() - start, 2)

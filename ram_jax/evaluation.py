@@ -2,8 +2,8 @@
 
 Two modes: ``"mean"`` (one deterministic rollout: centre first, then the policy mean) and
 ``"mc"`` (class probabilities averaged over ``mc_samples`` sampled rollouts, Ba et al. 2015).
-``mean_paths``, ``digit_distances`` and ``path_report`` say where the deterministic rollout looked,
-relative to the digit (``experiments.diagnose``).
+``mean_paths``, ``digit_distances``, ``glimpse_tracking`` and ``path_report`` say where the
+deterministic rollout looked, relative to the digit (``experiments.diagnose``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ import numpy as np
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
 
-__all__ = ["digit_distances", "error_pct", "mean_paths", "path_report", "predict"]
+__all__ = [
+    "digit_distances",
+    "error_pct",
+    "glimpse_tracking",
+    "mean_paths",
+    "path_report",
+    "predict",
+]
 
 
 def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
@@ -123,6 +130,21 @@ def mean_paths(
     return locations, predictions.reshape(-1)[:n]
 
 
+def _paths_as_float(
+    locations: np.ndarray, digit_offsets: np.ndarray, image_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked float64 copies of ``[T, N, 2]`` locations, ``[N, 2]`` offsets and ``(H, W)``."""
+    locations = np.asarray(locations, np.float64)
+    offsets = np.asarray(digit_offsets, np.float64)
+    if locations.ndim != 3 or locations.shape[-1] != 2:
+        raise ValueError(f"locations must be [T, N, 2], got shape {locations.shape}")
+    if offsets.shape != (locations.shape[1], 2):
+        raise ValueError(
+            f"digit_offsets must be [N, 2] = [{locations.shape[1]}, 2], got shape {offsets.shape}"
+        )
+    return locations, offsets, np.asarray(image_hw, np.float64)
+
+
 def digit_distances(
     locations: np.ndarray,
     digit_offsets: np.ndarray,
@@ -146,18 +168,56 @@ def digit_distances(
       f32[T, N]: the larger of the row and column distances (so ``<= r`` means the glimpse
       centre lies in the square of half-side ``r`` around the digit's centre).
     """
-    locations = np.asarray(locations, np.float64)
-    offsets = np.asarray(digit_offsets, np.float64)
-    if locations.ndim != 3 or locations.shape[-1] != 2:
-        raise ValueError(f"locations must be [T, N, 2], got shape {locations.shape}")
-    if offsets.shape != (locations.shape[1], 2):
-        raise ValueError(
-            f"digit_offsets must be [N, 2] = [{locations.shape[1]}, 2], got shape {offsets.shape}"
-        )
-    extent = np.asarray(image_hw, np.float64)
+    locations, offsets, extent = _paths_as_float(locations, digit_offsets, image_hw)
     centres = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent
     digit_centres = offsets + digit_size / 2.0
     return np.abs(centres - digit_centres[None]).max(axis=-1).astype(np.float32)
+
+
+def glimpse_tracking(
+    locations: np.ndarray,
+    digit_offsets: np.ndarray,
+    image_hw: tuple[int, int],
+    digit_size: int = 28,
+) -> list[dict]:
+    """How closely each glimpse follows the digit's position, per axis.
+
+    For glimpse ``t`` and each axis, the least-squares slope and the correlation of the glimpse
+    centre on the digit's centre across images (pixel coordinates as in ``digit_distances``).
+    A policy that looks straight at every digit has slope 1 and correlation 1; one that ignores
+    where the digit is, slope 0. The slope says how far the glimpse moves per pixel the digit
+    moves; the correlation, how consistently.
+
+    Args:
+      locations: f32[T, N, 2], (y, x) in [-1, 1].
+      digit_offsets: int[N, 2], (row, col) of each digit's top-left pixel.
+      image_hw: (H, W) of the canvas.
+      digit_size: side of the digit's square.
+
+    Returns:
+      T dicts ``{"slope": [y, x], "corr": [y, x]}`` (rounded to 3 decimals); an entry is None
+      where it is undefined (the digits do not move along that axis, or, for ``corr``, the
+      glimpses do not).
+    """
+    locations, offsets, extent = _paths_as_float(locations, digit_offsets, image_hw)
+    glimpses = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent  # [T, N, 2]
+    digits = offsets + digit_size / 2.0  # [N, 2]
+    g = glimpses - glimpses.mean(axis=1, keepdims=True)
+    d = digits - digits.mean(axis=0)
+    cov = (g * d[None]).mean(axis=1)  # [T, 2]
+    var_d = (d * d).mean(axis=0)  # [2]
+    var_g = (g * g).mean(axis=1)  # [T, 2]
+
+    def entry(num: float, den: float) -> float | None:
+        return round(float(num / den), 3) if den > 1e-12 else None
+
+    return [
+        {
+            "slope": [entry(cov[t, a], var_d[a]) for a in range(2)],
+            "corr": [entry(cov[t, a], np.sqrt(var_d[a] * var_g[t, a])) for a in range(2)],
+        }
+        for t in range(locations.shape[0])
+    ]
 
 
 # Width in pixels of the bands of ``by_offset`` (the digit centre's distance from the canvas

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from ram_jax.baselines import FullyConnected
-from ram_jax.evaluation import digit_distances, mean_paths, path_report, predict
+from ram_jax.evaluation import (
+    digit_distances,
+    glimpse_tracking,
+    mean_paths,
+    path_report,
+    predict,
+)
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, rollout
 
@@ -85,6 +91,36 @@ def test_digit_distances_on_28x28_measure_from_the_image_centre():
 def test_digit_distances_rejects_bad_shapes(locations, offsets, match):
     with pytest.raises(ValueError, match=match):
         digit_distances(locations, offsets, (60, 60))
+
+
+def test_glimpse_tracking_by_hand():
+    # 60x60; digit centres at 14, 30, 46 on both axes (offsets 0, 16, 32).
+    offsets = np.asarray([[0, 0], [16, 16], [32, 32]])
+    # Glimpse 0 looks straight at each digit; glimpse 1 moves half as far; glimpse 2 sits at
+    # rows 30, 30, 54 and always at column 30.
+    straight = offsets + 14.0
+    half = 30.0 + 0.5 * (straight - 30.0)
+    third = np.asarray([[30.0, 30.0], [30.0, 30.0], [54.0, 30.0]])
+    centres = np.stack([straight, half, third])
+    locations = centres / 30.0 - 1.0  # inverse of (l + 1) / 2 * 60
+    got = glimpse_tracking(locations, offsets, (60, 60))
+    assert got[0] == {"slope": [1.0, 1.0], "corr": [1.0, 1.0]}
+    assert got[1] == {"slope": [0.5, 0.5], "corr": [1.0, 1.0]}
+    # Rows: digits -16, 0, 16 and glimpses -8, -8, 16 about their means: covariance 128,
+    # variances 512/3 and 128, so slope 0.75 and correlation sqrt(3)/2. Columns never move.
+    assert got[2]["slope"] == [0.75, 0.0]
+    assert got[2]["corr"] == [round(np.sqrt(3) / 2, 3), None]
+
+
+def test_glimpse_tracking_is_undefined_when_digits_do_not_move():
+    locations = np.asarray([[[0.0, 0.0], [0.5, -0.5]]], np.float32)
+    got = glimpse_tracking(locations, np.zeros((2, 2), np.int32), (28, 28))
+    assert got == [{"slope": [None, None], "corr": [None, None]}]
+
+
+def test_glimpse_tracking_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"digit_offsets must be \[N, 2\]"):
+        glimpse_tracking(np.zeros((3, 4, 2)), np.zeros((5, 2)), (60, 60))
 
 
 def test_path_report_by_hand():

@@ -132,6 +132,8 @@ def test_diagnose_cli_scores_the_rollouts_training_scored(tiny_run):
     ]
     # A glimpse centre on a 28x28 canvas is never more than 14 px from its centre.
     assert report["near"][1]["images_pct"] == 100.0
+    # Every 28x28 digit sits at the centre, so nothing can follow it.
+    assert report["tracking"] == [{"slope": [None, None], "corr": [None, None]}] * 3
 
 
 def test_unknown_override_is_rejected(tmp_path):
