@@ -167,7 +167,9 @@ class Row:
     @property
     def model_label(self) -> str:
         """``base_label``, naming a RAM's departures from the paper's model: a core other than
-        the ReLU RNN, glimpses kept inside the central part of the canvas."""
+        the ReLU RNN, glimpses kept inside the central part of the canvas, REINFORCE reaching
+        the core at a weight other than 1. (A REINFORCE term detached from the core, this
+        library's default, is the common case and goes unnamed.)"""
         if self.config.get("model") != "ram":
             return self.base_label
         notes = []
@@ -177,6 +179,10 @@ class Row:
         location_range = self.config.get("location_range")
         if location_range is not None and location_range != 1:
             notes.append(f"glimpses within ±{location_range:g}")
+        weight = self.config.get("reinforce_weight", 1.0)
+        if self.config.get("reinforce_through_core") and self.config.get("policy") != "random":
+            through = "REINFORCE into the core"
+            notes.append(through if weight == 1 else f"{through}, weight {weight:g}")
         return f"{self.base_label} ({', '.join(notes)})" if notes else self.base_label
 
 
@@ -198,9 +204,10 @@ def group_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
 
     A RAM whose core is not the paper's RNN says so (``"RAM 8 glimpses (LSTM core)"``), and so
     does one whose glimpses are kept inside the canvas's centre (``"RAM 6 glimpses (glimpses
-    within ±0.4)"``); its paper numbers are still the row's. Rows of one task that share a
-    label but differ in config get the differing fields appended, e.g. ``"RAM 6 glimpses
-    (learning_rate=0.003)"``.
+    within ±0.4)"``) and one whose REINFORCE term trains the core (``"RAM 8 glimpses (LSTM core,
+    REINFORCE into the core, weight 0.1)"``); its paper numbers are still the row's. Rows of one
+    task that share a label but differ in config get the differing fields appended, e.g.
+    ``"RAM 6 glimpses (learning_rate=0.003)"``.
     """
     rows: dict[str, Row] = {}
     for result in results:

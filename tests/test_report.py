@@ -288,6 +288,32 @@ def test_a_location_range_is_named_and_keeps_the_paper_numbers(tmp_path: Path) -
     }
 
 
+def test_reinforce_into_the_core_is_named_with_its_weight(tmp_path: Path) -> None:
+    row = dict(task="cluttered100", num_glimpses=8, core="lstm")
+    paths = [
+        write_result(tmp_path / "detached", **row, reinforce_through_core=False, test=2.0),
+        write_result(tmp_path / "w01", **row, reinforce_through_core=True, reinforce_weight=0.1,
+                     test=1.0),
+        write_result(tmp_path / "w1", **row, reinforce_through_core=True, reinforce_weight=1.0,
+                     test=3.0),
+        # Random glimpses score no decisions: nothing reaches the core, nothing to name.
+        write_result(tmp_path / "random", **row, policy="random", reinforce_through_core=True,
+                     test=4.0),
+    ]  # fmt: skip
+    _, rows = rows_of(paths)
+    got = {r["model"]: (r["test %"], r["paper arXiv v1"], r["paper NIPS"]) for r in rows}
+    assert got == {
+        "RAM 8 glimpses (LSTM core)": ("2.00", "10.83", "8.11"),
+        "RAM 8 glimpses (LSTM core, REINFORCE into the core, weight 0.1)": (
+            "1.00",
+            "10.83",
+            "8.11",
+        ),
+        "RAM 8 glimpses (LSTM core, REINFORCE into the core)": ("3.00", "10.83", "8.11"),
+        "RAM 8 random glimpses (LSTM core)": ("4.00", "42.25", "28.40"),
+    }
+
+
 def test_missing_values_and_mixed_mc_samples(tmp_path: Path) -> None:
     paths = [
         write_result(tmp_path / "a", seed=0, test=2.0, test_mc=None, train_seconds=None,
