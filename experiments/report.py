@@ -168,8 +168,8 @@ class Row:
     def model_label(self) -> str:
         """``base_label``, naming a RAM's departures from the paper's model: a core other than
         the ReLU RNN, glimpses kept inside the central part of the canvas, REINFORCE reaching
-        the core at a weight other than 1. (A REINFORCE term detached from the core, this
-        library's default, is the common case and goes unnamed.)"""
+        the core (with its weight where that is not 1). A REINFORCE term detached from the core,
+        this library's default, goes unnamed."""
         if self.config.get("model") != "ram":
             return self.base_label
         notes = []
