@@ -130,10 +130,10 @@ def mean_paths(
     return locations, predictions.reshape(-1)[:n]
 
 
-def _paths_as_float(
-    locations: np.ndarray, digit_offsets: np.ndarray, image_hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Checked float64 copies of ``[T, N, 2]`` locations, ``[N, 2]`` offsets and ``(H, W)``."""
+def _centres_px(
+    locations: np.ndarray, digit_offsets: np.ndarray, image_hw: tuple[int, int], digit_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Glimpse centres f64[T, N, 2] and digit centres f64[N, 2] in pixels, shapes checked."""
     locations = np.asarray(locations, np.float64)
     offsets = np.asarray(digit_offsets, np.float64)
     if locations.ndim != 3 or locations.shape[-1] != 2:
@@ -142,7 +142,8 @@ def _paths_as_float(
         raise ValueError(
             f"digit_offsets must be [N, 2] = [{locations.shape[1]}, 2], got shape {offsets.shape}"
         )
-    return locations, offsets, np.asarray(image_hw, np.float64)
+    extent = np.asarray(image_hw, np.float64)
+    return (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent, offsets + digit_size / 2.0
 
 
 def digit_distances(
@@ -168,10 +169,8 @@ def digit_distances(
       f32[T, N]: the larger of the row and column distances (so ``<= r`` means the glimpse
       centre lies in the square of half-side ``r`` around the digit's centre).
     """
-    locations, offsets, extent = _paths_as_float(locations, digit_offsets, image_hw)
-    centres = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent
-    digit_centres = offsets + digit_size / 2.0
-    return np.abs(centres - digit_centres[None]).max(axis=-1).astype(np.float32)
+    glimpses, digits = _centres_px(locations, digit_offsets, image_hw, digit_size)
+    return np.abs(glimpses - digits[None]).max(axis=-1).astype(np.float32)
 
 
 def glimpse_tracking(
@@ -199,9 +198,7 @@ def glimpse_tracking(
       where it is undefined (the digits do not move along that axis, or, for ``corr``, the
       glimpses do not).
     """
-    locations, offsets, extent = _paths_as_float(locations, digit_offsets, image_hw)
-    glimpses = (np.clip(locations, -1.0, 1.0) + 1.0) / 2.0 * extent  # [T, N, 2]
-    digits = offsets + digit_size / 2.0  # [N, 2]
+    glimpses, digits = _centres_px(locations, digit_offsets, image_hw, digit_size)
     g = glimpses - glimpses.mean(axis=1, keepdims=True)
     d = digits - digits.mean(axis=0)
     cov = (g * d[None]).mean(axis=1)  # [T, 2]
@@ -216,7 +213,7 @@ def glimpse_tracking(
             "slope": [entry(cov[t, a], var_d[a]) for a in range(2)],
             "corr": [entry(cov[t, a], np.sqrt(var_d[a] * var_g[t, a])) for a in range(2)],
         }
-        for t in range(locations.shape[0])
+        for t in range(glimpses.shape[0])
     ]
 
 
