@@ -168,7 +168,8 @@ class Row:
     def model_label(self) -> str:
         """``base_label``, naming a RAM's departures from the paper's model: a core other than
         the ReLU RNN, glimpses kept inside the central part of the canvas, REINFORCE reaching
-        the core (with its weight where that is not 1). A REINFORCE term detached from the core,
+        the core (with its weight where that is not 1), the deterministic episode's
+        cross-entropy added to the loss (likewise). A REINFORCE term detached from the core,
         this library's default, goes unnamed."""
         if self.config.get("model") != "ram":
             return self.base_label
@@ -183,6 +184,10 @@ class Row:
         if self.config.get("reinforce_through_core") and self.config.get("policy") != "random":
             through = "REINFORCE into the core"
             notes.append(through if weight == 1 else f"{through}, weight {weight:g}")
+        mean_weight = self.config.get("mean_rollout_weight") or 0
+        if mean_weight > 0 and self.config.get("policy") != "random":
+            extra = "deterministic episode's cross-entropy"
+            notes.append(extra if mean_weight == 1 else f"{extra}, weight {mean_weight:g}")
         return f"{self.base_label} ({', '.join(notes)})" if notes else self.base_label
 
 

@@ -154,16 +154,36 @@ def test_row_loads_validates_and_sets_its_fields(case):
 # The departures from the paper each file makes for its learned-policy RAM rows, chosen on
 # validation (BUILD_NOTES.md); every other row keeps the defaults it was run with.
 LEARNED_RAM_RECIPE = {
-    "mnist28": {"location_range": 0.5, "reinforce_through_core": False, "optimizer": "sgd"},
-    "translated60": {"location_range": 1.0, "reinforce_through_core": False},
-    "cluttered60": {"location_range": 0.7, "reinforce_through_core": True, "reinforce_weight": 0.1},
+    "mnist28": {
+        "location_range": 0.5,
+        "reinforce_through_core": False,
+        "optimizer": "sgd",
+        "mean_rollout_weight": 0.0,
+    },
+    "translated60": {
+        "location_range": 1.0,
+        "reinforce_through_core": False,
+        "mean_rollout_weight": 0.0,
+    },
+    "cluttered60": {
+        "location_range": 0.7,
+        "reinforce_through_core": True,
+        "reinforce_weight": 0.1,
+        "mean_rollout_weight": 1.0,
+    },
     "cluttered100": {
         "location_range": 1.0,
         "reinforce_through_core": True,
         "reinforce_weight": 0.1,
+        "mean_rollout_weight": 0.0,
     },
 }
-OTHER_ROWS = {"location_range": 1.0, "reinforce_through_core": False, "reinforce_weight": 1.0}
+OTHER_ROWS = {
+    "location_range": 1.0,
+    "reinforce_through_core": False,
+    "reinforce_weight": 1.0,
+    "mean_rollout_weight": 0.0,
+}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

@@ -314,6 +314,28 @@ def test_reinforce_into_the_core_is_named_with_its_weight(tmp_path: Path) -> Non
     }
 
 
+def test_the_deterministic_episodes_cross_entropy_is_named_with_its_weight(
+    tmp_path: Path,
+) -> None:
+    row = dict(task="cluttered60", num_glimpses=8, core="lstm")
+    paths = [
+        write_result(tmp_path / "none", **row, mean_rollout_weight=0.0, test=3.0),
+        write_result(tmp_path / "w1", **row, mean_rollout_weight=1.0, test=2.0),
+        write_result(tmp_path / "w05", **row, mean_rollout_weight=0.5, test=1.0),
+        # A random-glimpse row's deterministic episode is not the one its policy would take.
+        write_result(tmp_path / "random", **row, policy="random", mean_rollout_weight=1.0,
+                     test=4.0),
+    ]  # fmt: skip
+    _, rows = rows_of(paths)
+    got = {r["model"]: r["test %"] for r in rows}
+    assert got == {
+        "RAM 8 glimpses (LSTM core)": "3.00",
+        "RAM 8 glimpses (LSTM core, deterministic episode's cross-entropy)": "2.00",
+        "RAM 8 glimpses (LSTM core, deterministic episode's cross-entropy, weight 0.5)": "1.00",
+        "RAM 8 random glimpses (LSTM core)": "4.00",
+    }
+
+
 def test_missing_values_and_mixed_mc_samples(tmp_path: Path) -> None:
     paths = [
         write_result(tmp_path / "a", seed=0, test=2.0, test_mc=None, train_seconds=None,
