@@ -21,16 +21,17 @@ in the paper, at a tenth of the weight (``reinforce_through_core=True``, ``reinf
 with the core detached from it the policy brought a glimpse near only about half of the digits
 (BUILD_NOTES.md, 2026-11-26, third session).
 
-Expected with ``--config.num_epochs=160`` (seed 0, 2-core Intel Xeon CPU, 1 h 23 min of
-training, most of it beside other runs; shipped as ``checkpoints/cluttered100``): validation
-5.59% (epoch 156), test 6.05% with one deterministic rollout and 3.60% averaging 10 sampled
-rollouts (target 6.0%, paper 8.11-10.83%). ``--config.num_epochs=60`` gave 7.52 / 7.93 / 5.05%
-(validation, test, test averaging 10; 30 minutes beside another run). Before REINFORCE reached
-the core (commands in BUILD_NOTES.md): 400 epochs with ``--config.ema_decay=0.999`` gave
-15.18 / 16.02 / 6.27% (2 h 35 min); 120 epochs 19.78 / 20.30 / 7.58%; ``:glimpses=4`` 22.59 /
-23.83 / 11.88% (17 minutes alone on the CPU) and ``:glimpses=6`` 20.29 / 20.83 / 9.08% (25
-minutes), both at 120 epochs; ``:policy=random`` 27.37 / 27.98 / 10.63% (42 minutes);
-``:model=conv`` with 2 seeds and 100 epochs 15.15 +- 0.23% test.
+Expected with ``--config.num_epochs=240`` (seed 0, 2-core Intel Xeon CPU, 1 h 50 min of training,
+most of it beside another run; shipped as ``checkpoints/cluttered100``): validation 5.39%
+(epoch 233), test 5.70% with one deterministic rollout and 3.36% averaging 10 sampled rollouts
+(target 6.0%, paper 8.11-10.83%). ``--config.num_epochs=160`` gave 5.59 / 6.05 / 3.60% (validation,
+test, test averaging 10; 1 h 23 min) and ``--config.num_epochs=60`` 7.52 / 7.93 / 5.05%
+(30 minutes beside another run). Before REINFORCE reached the
+core (commands in BUILD_NOTES.md): 400 epochs with ``--config.ema_decay=0.999`` gave 15.18 / 16.02
+/ 6.27% (2 h 35 min); 120 epochs 19.78 / 20.30 / 7.58%; ``:glimpses=4`` 22.59 / 23.83 / 11.88% (17
+minutes alone on the CPU) and ``:glimpses=6`` 20.29 / 20.83 / 9.08% (25 minutes), both at 120
+epochs; ``:policy=random`` 27.37 / 27.98 / 10.63% (42 minutes); ``:model=conv`` with 2 seeds and
+100 epochs 15.15 +- 0.23% test.
 """
 
 import ml_collections
