@@ -322,7 +322,8 @@ def test_the_deterministic_episodes_cross_entropy_is_named_with_its_weight(
         write_result(tmp_path / "none", **row, mean_rollout_weight=0.0, test=3.0),
         write_result(tmp_path / "w1", **row, mean_rollout_weight=1.0, test=2.0),
         write_result(tmp_path / "w05", **row, mean_rollout_weight=0.5, test=1.0),
-        # A random-glimpse row's deterministic episode is not the one its policy would take.
+        # A random-glimpse row has no deterministic episode (its "mean" episode draws random
+        # glimpses too), so the term is not named there.
         write_result(tmp_path / "random", **row, policy="random", mean_rollout_weight=1.0,
                      test=4.0),
     ]  # fmt: skip
