@@ -270,6 +270,25 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+def apply_learned_ram_recipe(
+    config: ml_collections.ConfigDict, **fields
+) -> ml_collections.ConfigDict:
+    """Sets ``fields`` on a RAM row with a learned policy, in place; other rows are left alone.
+
+    A config file's departures from the paper, chosen on validation for its learned-policy RAM
+    rows, must not reach the FC, conv and random-glimpse rows, which keep the settings they
+    were run with. Call it after ``apply_row_args``, which selects the row.
+    """
+    unknown = sorted(set(fields) - set(config))
+    if unknown:
+        raise ValueError(f"unknown config field(s) in a learned-RAM recipe: {unknown}")
+    if config.model == "ram" and config.policy == "learned":
+        for field, value in fields.items():
+            config[field] = value
+        validate_config(config)
+    return config
+
+
 def apply_row_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Selects a row of a paper table from a config file's argument, in place.
 

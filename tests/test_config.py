@@ -14,6 +14,8 @@ import pytest
 
 from ram_jax import train
 from ram_jax.config import (
+    apply_learned_ram_recipe,
+    apply_row_args,
     config_differences,
     config_from_saved,
     default_config,
@@ -408,3 +410,34 @@ def test_leave_one_out_with_several_rollouts_is_valid():
     config = default_config()
     config.advantage, config.rollouts_per_image = "leave_one_out", 2
     validate_config(config)
+
+
+# ------------------------------------------------------------------------------------------
+# A config file's recipe for its learned-policy RAM rows
+
+
+@pytest.mark.parametrize(
+    "arg, gets_recipe",
+    [
+        (None, True),
+        ("glimpses=4", True),
+        ("policy=random", False),
+        ("model=conv", False),
+        ("model=fc,hidden=64", False),
+    ],
+)
+def test_learned_ram_recipe_reaches_only_learned_policy_ram_rows(arg, gets_recipe):
+    config = apply_row_args(default_config(), arg)
+    config = apply_learned_ram_recipe(config, location_range=0.7, mean_rollout_weight=1.0)
+    expected = (0.7, 1.0) if gets_recipe else (1.0, 0.0)
+    assert (config.location_range, config.mean_rollout_weight) == expected
+
+
+def test_learned_ram_recipe_names_an_unknown_field():
+    with pytest.raises(ValueError, match=r"unknown config field.*'loc_range'"):
+        apply_learned_ram_recipe(default_config(), loc_range=0.7)
+
+
+def test_learned_ram_recipe_is_validated():
+    with pytest.raises(ValueError, match="location_range must be in"):
+        apply_learned_ram_recipe(default_config(), location_range=1.5)

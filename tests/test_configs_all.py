@@ -161,9 +161,10 @@ LEARNED_RAM_RECIPE = {
         "mean_rollout_weight": 0.0,
     },
     "translated60": {
-        "location_range": 1.0,
-        "reinforce_through_core": False,
-        "mean_rollout_weight": 0.0,
+        "location_range": 0.7,
+        "reinforce_through_core": True,
+        "reinforce_weight": 0.1,
+        "mean_rollout_weight": 1.0,
     },
     "cluttered60": {
         "location_range": 0.7,

@@ -36,7 +36,7 @@ epochs; ``:policy=random`` 27.37 / 27.98 / 10.63% (42 minutes); ``:model=conv`` 
 
 import ml_collections
 
-from ram_jax.config import apply_row_args, default_config
+from ram_jax.config import apply_learned_ram_recipe, apply_row_args, default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,9 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.core = "lstm"
     config.num_epochs = 400
     config = apply_row_args(config, arg)
-    if config.model == "ram" and config.policy == "learned":
-        # Chosen on the validation split (BUILD_NOTES.md, "The generated tasks: REINFORCE through
-        # the core"). The conv and random-glimpse rows keep the settings they were run with.
-        config.reinforce_through_core = True
-        config.reinforce_weight = 0.1
-    return config
+    # Chosen on the validation split (BUILD_NOTES.md, "The generated tasks: REINFORCE through the
+    # core"). The conv and random-glimpse rows keep the settings they were run with.
+    return apply_learned_ram_recipe(
+        config,
+        reinforce_through_core=True,
+        reinforce_weight=0.1,
+    )
