@@ -270,6 +270,18 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+# The learned-policy RAM recipe of both 60x60 tasks (not in the paper), chosen on validation
+# (BUILD_NOTES.md, 2026-11-26, third to fifth sessions): glimpse centres within ±0.7 of the
+# canvas centre, REINFORCE reaching the core at a tenth of the weight, and the deterministic
+# episode's cross-entropy added to every step.
+RECIPE_60X60 = {
+    "location_range": 0.7,
+    "reinforce_through_core": True,
+    "reinforce_weight": 0.1,
+    "mean_rollout_weight": 1.0,
+}
+
+
 def apply_learned_ram_recipe(
     config: ml_collections.ConfigDict, **fields
 ) -> ml_collections.ConfigDict:

@@ -39,7 +39,12 @@ minutes beside another run); 300 epochs over the whole canvas 4.60 / 4.90 / 2.73
 
 import ml_collections
 
-from ram_jax.config import apply_learned_ram_recipe, apply_row_args, default_config
+from ram_jax.config import (
+    RECIPE_60X60,
+    apply_learned_ram_recipe,
+    apply_row_args,
+    default_config,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,10 +60,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Chosen on the validation split (BUILD_NOTES.md, "The generated tasks: REINFORCE through the
     # core" and "... the deterministic episode's cross-entropy"). The FC, conv and random-glimpse
     # rows keep the settings they were run with.
-    return apply_learned_ram_recipe(
-        config,
-        location_range=0.7,
-        reinforce_through_core=True,
-        reinforce_weight=0.1,
-        mean_rollout_weight=1.0,
-    )
+    return apply_learned_ram_recipe(config, **RECIPE_60X60)

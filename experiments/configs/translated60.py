@@ -38,7 +38,12 @@ minutes). BUILD_NOTES.md records every run made with this file.
 
 import ml_collections
 
-from ram_jax.config import apply_learned_ram_recipe, apply_row_args, default_config
+from ram_jax.config import (
+    RECIPE_60X60,
+    apply_learned_ram_recipe,
+    apply_row_args,
+    default_config,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,10 +59,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Chosen on the validation split (BUILD_NOTES.md, "The generated tasks: the cluttered60
     # recipe on translated60, and longer runs"). The FC and conv rows keep the settings they
     # were run with.
-    return apply_learned_ram_recipe(
-        config,
-        location_range=0.7,
-        reinforce_through_core=True,
-        reinforce_weight=0.1,
-        mean_rollout_weight=1.0,
-    )
+    return apply_learned_ram_recipe(config, **RECIPE_60X60)
