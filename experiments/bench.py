@@ -39,7 +39,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from ram_jax import evaluation, train
-from ram_jax.config import default_config
+from ram_jax.config import default_config, validate_config
 from ram_jax.flops import TRAIN_FORWARD_MULTIPLE, jaxpr_flops, ram_flops
 
 # Task-independent fields overridden per headline config, and the synthetic image side.
@@ -75,6 +75,12 @@ _MATMUL_N = flags.DEFINE_integer(
     "matmul_n", 0, "Side of the square float32 matmul timed (0: 2048 on CPU, 8192 otherwise)."
 )
 _CORE = flags.DEFINE_enum("core", None, ["rnn", "lstm"], "Override the core (default: config's).")
+_COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "The model's compute dtype (parameters stay float32); the matmul reference stays float32.",
+)
 _OUT_JSON = flags.DEFINE_string("out_json", None, "Also write the JSON report here.")
 _OUT_MD = flags.DEFINE_string("out_md", None, "Also write the markdown table here.")
 
@@ -85,7 +91,9 @@ FLAGS = flags.FLAGS
 # Pieces
 
 
-def bench_config(name: str, core: str | None = None) -> tuple[ml_collections.ConfigDict, int]:
+def bench_config(
+    name: str, core: str | None = None, compute_dtype: str = "float32"
+) -> tuple[ml_collections.ConfigDict, int]:
     """``default_config()`` with a headline config's retina and episode; and its image side."""
     if name not in HEADLINE_CONFIGS:
         raise ValueError(f"unknown config {name!r}; expected one of {list(HEADLINE_CONFIGS)}")
@@ -95,6 +103,8 @@ def bench_config(name: str, core: str | None = None) -> tuple[ml_collections.Con
     config.update(fields)
     if core is not None:
         config.core = core
+    config.compute_dtype = compute_dtype
+    validate_config(config)
     return config, image_size
 
 
@@ -188,10 +198,16 @@ def _train_span(
 
 
 def bench_one(
-    name: str, batch_size: int, *, num_steps: int, repeats: int, core: str | None = None
+    name: str,
+    batch_size: int,
+    *,
+    num_steps: int,
+    repeats: int,
+    core: str | None = None,
+    compute_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Training and inference throughput and FLOPs of one headline config at one batch size."""
-    config, image_size = bench_config(name, core)
+    config, image_size = bench_config(name, core, compute_dtype)
     model_flops = ram_flops(config)
 
     # Building, tracing, compiling and one warm-up span: reported, not part of the timing.
@@ -224,6 +240,7 @@ def bench_one(
         "glimpse_size": config.glimpse_size,
         "glimpse_scales": config.glimpse_scales,
         "core": config.core,
+        "compute_dtype": config.compute_dtype,
         "batch_size": batch_size,
         "num_steps": num_steps,
         "images_per_s": train_ips,
@@ -252,6 +269,7 @@ def run_bench(
     repeats: int,
     matmul_n: int,
     core: str | None = None,
+    compute_dtype: str = "float32",
 ) -> dict[str, Any]:
     """The whole report: the matmul reference, then every (config, batch size) row."""
     if not matmul_n:
@@ -261,7 +279,14 @@ def run_bench(
     rows = []
     for name in names:
         for batch_size in batch_sizes:
-            row = bench_one(name, batch_size, num_steps=num_steps, repeats=repeats, core=core)
+            row = bench_one(
+                name,
+                batch_size,
+                num_steps=num_steps,
+                repeats=repeats,
+                core=core,
+                compute_dtype=compute_dtype,
+            )
             row["ratio_to_matmul"] = row["model_flops_per_s"] / peak
             row["inference_ratio_to_matmul"] = row["inference_model_flops_per_s"] / peak
             rows.append(row)
@@ -278,6 +303,7 @@ def run_bench(
         "commit": train.git_commit(),
         "matmul_n": matmul_n,
         "matmul_flops_per_s": peak,
+        "compute_dtype": compute_dtype,
         "ratio_to_matmul": min(row["ratio_to_matmul"] for row in rows),
         "flops_convention": (
             "model FLOPs = 2 x multiply-adds of the dense layers (elementwise ops not counted); "
@@ -292,7 +318,8 @@ def run_bench(
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as a markdown table (FLOPs in mega/giga units), with its reference line."""
     lines = [
-        f"Device: {report['device']}; jax {report['jax_version']}; commit {report['commit']}",
+        f"Device: {report['device']}; jax {report['jax_version']}; commit {report['commit']}; "
+        f"model compute dtype {report['compute_dtype']}",
         "",
         f"float32 matmul (n={report['matmul_n']}): "
         f"{report['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s",
@@ -339,6 +366,7 @@ def main(argv: list[str]) -> None:
         repeats=_REPEATS.value,
         matmul_n=_MATMUL_N.value,
         core=_CORE.value,
+        compute_dtype=_COMPUTE_DTYPE.value,
     )
     table = markdown_table(report)
     if _OUT_JSON.value:

@@ -88,7 +88,7 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
     seen = {}
 
     def fake_run_bench(names, batch_sizes, **kwargs):
-        seen.update(names=names, batch_sizes=batch_sizes)
+        seen.update(names=names, batch_sizes=batch_sizes, compute_dtype=kwargs["compute_dtype"])
         rows = [
             {
                 "name": name,
@@ -110,6 +110,7 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
             "commit": "c",
             "matmul_n": 4,
             "matmul_flops_per_s": 10.0,
+            "compute_dtype": kwargs["compute_dtype"],
             "ratio_to_matmul": min(r["ratio_to_matmul"] for r in rows),
             "flops_convention": "x",
             "configs": rows,
@@ -117,8 +118,14 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     run_main(["--quick", "--configs=mnist28", "--batch_sizes=8"])  # --quick wins
-    assert seen == {"names": ["mnist28", "translated60", "cluttered100"], "batch_sizes": [256]}
-    report = last_json_line(capsys.readouterr().out)
+    assert seen == {
+        "names": ["mnist28", "translated60", "cluttered100"],
+        "batch_sizes": [256],
+        "compute_dtype": "float32",
+    }
+    out = capsys.readouterr().out
+    assert "model compute dtype float32" in out
+    report = last_json_line(out)
     assert report["ratio_to_matmul"] == 0.1
 
 
@@ -128,3 +135,11 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
 def test_bad_arguments_are_usage_errors(argv):
     with pytest.raises(app.UsageError):
         run_main(argv)
+
+
+def test_bench_config_sets_and_checks_the_compute_dtype():
+    config, side = bench.bench_config("translated60", compute_dtype="bfloat16")
+    assert (config.compute_dtype, side, config.glimpse_scales) == ("bfloat16", 60, 3)
+    assert bench.bench_config("mnist28")[0].compute_dtype == "float32"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        bench.bench_config("mnist28", compute_dtype="float16")
