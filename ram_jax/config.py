@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_batch_size",
         "steps_per_dispatch",
         "distributed",
+        "checkpoint_every_s",
     }
 )
 
@@ -114,6 +115,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.steps_per_dispatch = 0  # training steps per jitted call; 0 = one epoch
     c.compute_dtype = "float32"  # "bfloat16": mixed precision (float32 parameters), for GPU/TPU
     c.distributed = False  # True: jax.distributed.initialize() first (several hosts)
+    # Seconds between checkpoints (and best-parameter files), taken at the end of an epoch; 0 =
+    # every epoch. On a GPU an epoch can take a fifth of a second and a checkpoint as long.
+    c.checkpoint_every_s = 0.0
     # Evaluation.
     c.eval_batch_size = 1000
     c.mc_samples = 10
@@ -196,6 +200,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
+    _check(
+        isinstance(config.checkpoint_every_s, (int, float))
+        and not isinstance(config.checkpoint_every_s, bool)
+        and config.checkpoint_every_s >= 0,
+        f"checkpoint_every_s must be a non-negative number, got {config.checkpoint_every_s!r}",
+    )
     _check(
         0 < config.location_range <= 1,
         f"location_range must be in (0, 1], got {config.location_range!r}",

@@ -699,6 +699,16 @@ def train_and_evaluate(
     progress = Progress(config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
     first_epoch = meta["epoch"]
     timed_images, timed_seconds = 0, 0.0  # epochs after this process's first (which compiles)
+    # Best parameters found since the last checkpoint are written with it, not before: a resumed
+    # run replays those epochs, so the files on disk always match the checkpoint's ``meta``.
+    pending_best: dict[int, Any] = {}
+    saved_epoch, last_save = meta["epoch"], time.perf_counter()
+
+    def write_pending_best() -> None:
+        for r, params in pending_best.items():
+            checkpoint.save_params(workdir, params, params_file(seeds, r))
+        pending_best.clear()
+
     for epoch in range(first_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
         sums: dict[str, np.ndarray] = {}
@@ -710,12 +720,13 @@ def train_and_evaluate(
                 r = int(np.argmax(halted >= 0))
                 last_good = workdir / "last_good_params.msgpack"
                 checkpoint.save_params(workdir, replicate(carry.state.params, r), last_good.name)
+                write_pending_best()
                 progress.close()
                 store.close()
                 raise FloatingPointError(
                     f"non-finite loss or gradient at step {int(halted[r])} (epoch {epoch + 1}, "
                     f"seed {seeds[r]}); training stopped. The last good parameters are in "
-                    f"{last_good}, the last epoch checkpoint (epoch {meta['epoch']}) in "
+                    f"{last_good}, the last epoch checkpoint (epoch {saved_epoch}) in "
                     f"{workdir / 'checkpoints'}. Lower the learning rate or set clip_norm, "
                     "then train in a new workdir."
                 )
@@ -750,7 +761,7 @@ def train_and_evaluate(
                     continue
                 meta["best_val_error_pct"][r] = val_error
             meta["best_epoch"][r] = epoch + 1
-            checkpoint.save_params(workdir, params, params_file(seeds, r))
+            pending_best[r] = params
         if val_errors:
             record["val_error_pct"] = float(np.mean(val_errors))
         if num_seeds > 1:
@@ -760,7 +771,11 @@ def train_and_evaluate(
         meta["epoch"] = epoch + 1
         meta["train_seconds"] += train_seconds
         checkpoint.append_jsonl(metrics_path, record)
-        store.save(epoch + 1, carry.state, meta)
+        last_epoch = epoch + 1 == config.num_epochs
+        if last_epoch or time.perf_counter() - last_save >= config.checkpoint_every_s:
+            write_pending_best()
+            store.save(epoch + 1, carry.state, meta)
+            saved_epoch, last_save = epoch + 1, time.perf_counter()
         progress.update(
             (epoch + 1) * steps_per_epoch,
             f"epoch {epoch + 1}/{config.num_epochs} loss {record['loss']:.3f} "

@@ -320,6 +320,53 @@ def test_resume_after_kill_matches_uninterrupted_run(
         assert results_b[name] == results_a[name], name
 
 
+def test_sparse_checkpoints_write_best_params_with_them_and_resume_exactly(
+    uninterrupted_run, small_data, tmp_path, monkeypatch
+):
+    config, workdir_a, results_a = uninterrupted_run
+    workdir_b = tmp_path / "run_b"
+    sparse = small_config(checkpoint_every_s=1e9)  # only the last epoch's checkpoint is due
+
+    # Kill run B at its only checkpoint: three epochs logged, nothing saved. The best
+    # parameters wait for the checkpoint: every file write comes after the last epoch's log line.
+    calls, params_writes = [], []
+    original_save_params = checkpoint.save_params
+
+    def die(self, epoch, state, meta):
+        calls.append(epoch)
+        raise KeyboardInterrupt("simulated kill")
+
+    def logged_save_params(workdir, params, name=checkpoint.BEST_PARAMS):
+        params_writes.append(len(checkpoint.read_jsonl(workdir_b / "metrics.jsonl")))
+        return original_save_params(workdir, params, name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.CheckpointStore, "save", die)
+        patch.setattr(checkpoint, "save_params", logged_save_params)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(sparse, workdir_b, datasets=small_data)
+    assert calls == [config.num_epochs]
+    assert params_writes == [config.num_epochs]
+    assert len(checkpoint.read_jsonl(workdir_b / "metrics.jsonl")) == config.num_epochs
+    store = checkpoint.CheckpointStore(workdir_b / "checkpoints")
+    assert store.latest_epoch() is None
+    store.close()
+
+    results_b = train_and_evaluate(sparse, workdir_b, datasets=small_data)
+    records_a = checkpoint.read_jsonl(workdir_a / "metrics.jsonl")
+    records_b = checkpoint.read_jsonl(workdir_b / "metrics.jsonl")
+    assert without_timing(records_b) == without_timing(records_a)
+    store = checkpoint.CheckpointStore(workdir_b / "checkpoints")
+    assert store.latest_epoch() == config.num_epochs
+    assert list(store._manager.all_steps()) == [config.num_epochs]
+    store.close()
+    assert (workdir_b / "best_params.msgpack").read_bytes() == (
+        workdir_a / "best_params.msgpack"
+    ).read_bytes()
+    for name in ("best_epoch", "val_error_pct", "test_error_pct", "test_error_mc_pct"):
+        assert results_b[name] == results_a[name], name
+
+
 def test_changed_config_in_existing_workdir_is_refused(uninterrupted_run, small_data, tmp_path):
     _, workdir_a, _ = uninterrupted_run
     workdir = tmp_path / "copy"
