@@ -27,8 +27,9 @@ cross-entropy of the deterministic episode (``mean_rollout_weight=1``, twice the
 Expected with ``--config.num_epochs=140`` (seed 0, 2-core Intel Xeon CPU, 2 h 6 min of training,
 mostly beside another run; shipped as ``checkpoints/translated60``): validation 0.94% (epoch 115),
 test 1.18% with one deterministic rollout and 0.79% averaging 10 sampled rollouts (target 1.0%,
-paper 1.20-1.84%). Before the recipe (whole canvas, REINFORCE on the policy only), 400 epochs
-gave 1.23 / 1.45 / 0.89% (validation, test, test averaging 10; AMD EPYC, 2 h 49 min), 160
+paper 1.20-1.84%); seed 1 (``--config.seed=1``, 1 h 42 min) gave 1.01 / 1.18 / 0.87%
+(validation, test, test averaging 10). Before the recipe (whole canvas, REINFORCE on the
+policy only), 400 epochs gave 1.23 / 1.45 / 0.89% (AMD EPYC, 2 h 49 min), 160
 epochs 1.39 / 1.37 / 0.90%, 60 epochs 1.57 / 1.57 / 1.16%; with ±0.7 alone 60 epochs gave 1.41 /
 1.40 / 1.01% and 160 epochs 1.26 / 1.26 / 0.81%, and with REINFORCE into the core besides 60
 epochs gave 1.28 / 1.29 / 0.88%. With 60 epochs over the whole canvas, ``:glimpses=4`` gave
