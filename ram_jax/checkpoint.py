@@ -114,6 +114,10 @@ class CheckpointStore:
     def latest_epoch(self) -> int | None:
         return self._manager.latest_step()
 
+    def epochs(self) -> list[int]:
+        """The epochs whose checkpoints are kept, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         self._manager.save(
             epoch,
