@@ -19,7 +19,7 @@ train)
     : "${3:?train needs the seconds this piece may run}"
     ;;
 *)
-    echo "usage: $0 all | train TASK SECONDS" >&2
+    echo "usage: $0 all [TASK EPOCHS] | train TASK SECONDS" >&2
     exit 2
     ;;
 esac
