@@ -57,6 +57,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.validation_size = 10_000  # carved from the end of the training set
     c.train_subset = 0  # > 0: train on the first N training images only (tests, smoke runs)
     c.train_shift = 0  # > 0: shift each training digit by up to N pixels (not in the paper)
+    # > 0: turn each training digit by up to this many degrees, and scale it by a factor in
+    # [1 - train_scale, 1 + train_scale], before it is placed on its canvas (not in the paper).
+    c.train_rotation = 0.0
+    c.train_scale = 0.0
     c.task_seed = 0  # generated tasks: the fixed validation and test canvases depend on it only
     c.seed = 0
     c.num_seeds = 1  # > 1: replicates with seeds seed, seed + 1, ... trained at once (vmap)
@@ -227,6 +231,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _check(0 <= config.ema_decay < 1, f"ema_decay must be in [0, 1), got {config.ema_decay}")
     _check(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")
+    _check(
+        0 <= config.train_rotation <= 180,
+        f"train_rotation must be in [0, 180] degrees, got {config.train_rotation!r}",
+    )
+    _check(
+        0 <= config.train_scale < 1, f"train_scale must be in [0, 1), got {config.train_scale!r}"
+    )
     _check(config.pixel_std > 0, f"pixel_std must be positive, got {config.pixel_std!r}")
     _check(0 <= config.dropout < 1, f"dropout must be in [0, 1), got {config.dropout}")
     _check(

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from ram_jax import checkpoint, evaluation, parallel
-from ram_jax.augment import random_shift
+from ram_jax.augment import random_affine, random_shift
 from ram_jax.baselines import Convolutional, FullyConnected, classifier_loss
 from ram_jax.config import config_differences, config_from_saved, validate_config
 from ram_jax.losses import LossWeights, hybrid_loss
@@ -381,6 +381,8 @@ def make_train_chunk(
     num_steps: int,
     steps_per_epoch: int,
     max_shift: int = 0,
+    max_rotation_deg: float = 0.0,
+    max_scale: float = 0.0,
     mean_rollout_weight: float = 0.0,
     task: TaskSpec | None = None,
     mesh: Mesh | None = None,
@@ -394,7 +396,9 @@ def make_train_chunk(
     ``train_chunk(carry, data, data_key, step_key, epoch, first_step) -> (carry, metrics)``:
     the epoch's data order is ``permutation(fold_in(data_key, epoch))``; the span covers its
     batches ``first_step .. first_step + num_steps - 1``; metrics are stacked per step.
-    ``max_shift > 0`` moves each training image by a random offset (``augment.random_shift``).
+    ``max_shift > 0`` moves each training image by a random offset (``augment.random_shift``);
+    ``max_rotation_deg`` / ``max_scale`` turn and scale each training digit before it is placed
+    (``augment.random_affine``; clutter is cut from unaltered digits).
     A generated ``task`` (translated, cluttered) turns each batch of digits into fresh canvases
     on the device, with clutter cut from random digits of ``data``. With a ``mesh``
     (``parallel.data_mesh``) each step's batch is split over its devices (data parallelism).
@@ -429,6 +433,10 @@ def make_train_chunk(
             if mesh is not None:
                 # Sharded before generation, so each device makes its own part of the batch.
                 images, labels = parallel.shard_batch(mesh, (images, labels))
+            if max_rotation_deg or max_scale:
+                images = random_affine(
+                    jax.random.fold_in(key, 3), images, max_rotation_deg, max_scale
+                )
             if task is not None and task.generated:
                 images = make_batch(jax.random.fold_in(key, 2), task, images, data.images)
             if max_shift:
@@ -671,6 +679,8 @@ def train_and_evaluate(
                 num_steps=chunk,
                 steps_per_epoch=steps_per_epoch,
                 max_shift=config.train_shift,
+                max_rotation_deg=config.train_rotation,
+                max_scale=config.train_scale,
                 mean_rollout_weight=config.mean_rollout_weight,
                 task=task,
                 mesh=mesh,
