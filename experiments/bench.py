@@ -183,6 +183,8 @@ def _train_span(
         num_steps=num_steps,
         steps_per_epoch=num_steps,
         max_shift=config.train_shift,
+        max_rotation_deg=config.train_rotation,
+        max_scale=config.train_scale,
     )
     epoch, first_step = jnp.int32(0), jnp.int32(0)
     carry = train.LoopCarry(state, jnp.array(-1, jnp.int32))

@@ -1,12 +1,14 @@
-"""ram_jax.augment.random_shift: every image moved by its own in-range offset, zero filled."""
+"""ram_jax.augment: shifts (each image moved by its own in-range offset, zero filled) and turns and
+scalings (checked against quarter turns and a scaling worked out by hand)."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ram_jax.augment import random_shift
+from ram_jax.augment import affine_warp, random_affine, random_shift
 
 
 def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -65,3 +67,71 @@ def test_same_key_same_shifts_and_zero_is_identity():
 def test_negative_shift_rejected():
     with pytest.raises(ValueError, match="max_shift"):
         random_shift(jax.random.key(0), np.zeros((1, 4, 4)), -1)
+
+
+# --------------------------------------------------------------------------------------------
+# affine_warp / random_affine: turned and scaled digits
+
+
+@pytest.mark.parametrize(("angle", "turns"), [(np.pi / 2, 1), (-np.pi / 2, -1), (np.pi, 2)])
+def test_quarter_turns_match_rot90(angle, turns):
+    # Multiples of 90 degrees land every output pixel on a source pixel: exact, no blending.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 6, 6), dtype=np.uint8)
+    out = np.asarray(affine_warp(images, jnp.full((3,), angle), jnp.ones(3)))
+    np.testing.assert_array_equal(out, np.rot90(images, turns, axes=(1, 2)))
+
+
+def test_zero_angle_unit_scale_is_the_identity():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(affine_warp(images, jnp.zeros(4), jnp.ones(4)), images)
+
+
+def test_scale_two_by_hand():
+    # A single lit pixel one column right of the centre of a 9x9 image. Doubling the size maps
+    # output column c to source column 4 + (c - 4) / 2: column 6 reads column 5 (the pixel),
+    # columns 5 and 7 read halfway between it and a dark neighbour, everything else reads zero.
+    image = np.zeros((1, 9, 9), np.float32)
+    image[0, 4, 5] = 1.0
+    out = np.asarray(affine_warp(image, jnp.zeros(1), jnp.full((1,), 2.0)))[0]
+    expected = np.zeros((9, 9), np.float32)
+    expected[4, 5:8] = [0.5, 1.0, 0.5]
+    expected[3, 5:8] = expected[5, 5:8] = [0.25, 0.5, 0.25]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_random_affine_respects_its_scale_range():
+    # A centred disc's area grows with the square of the scale; with no rotation, the ink of
+    # each output must lie within [(1 - s)^2, (1 + s)^2] times the original's (up to edge blur).
+    rows, cols = np.mgrid[:28, :28] - 13.5
+    disc = (rows**2 + cols**2 <= 6.0**2).astype(np.float32)
+    images = np.repeat(disc[None], 256, axis=0)
+    out = np.asarray(random_affine(jax.random.key(0), images, 0.0, 0.2))
+    ratio = out.sum(axis=(1, 2)) / disc.sum()
+    assert ratio.min() >= 0.8**2 * 0.95 and ratio.max() <= 1.2**2 * 1.05
+    assert ratio.min() < 0.75 and ratio.max() > 1.3  # the range is used, not just its centre
+
+
+def test_random_affine_key_determinism_and_no_op():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
+    a = random_affine(jax.random.key(2), images, 15.0, 0.1)
+    assert a.dtype == np.uint8 and a.shape == images.shape
+    np.testing.assert_array_equal(a, random_affine(jax.random.key(2), images, 15.0, 0.1))
+    assert not np.array_equal(a, random_affine(jax.random.key(3), images, 15.0, 0.1))
+    assert random_affine(jax.random.key(2), images, 0.0, 0.0) is images
+
+
+@pytest.mark.parametrize(
+    ("rotation", "scale", "match"),
+    [(-1.0, 0.0, "max_rotation_deg"), (181.0, 0.0, "max_rotation_deg"), (0.0, 1.0, "max_scale")],
+)
+def test_random_affine_rejects_bad_ranges(rotation, scale, match):
+    with pytest.raises(ValueError, match=match):
+        random_affine(jax.random.key(0), np.zeros((1, 4, 4)), rotation, scale)
+
+
+def test_affine_warp_rejects_wrong_rank():
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        affine_warp(np.zeros((4, 4)), jnp.zeros(1), jnp.ones(1))

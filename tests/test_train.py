@@ -619,6 +619,41 @@ def test_train_chunk_key_determinism(chunk_setup):
     assert not trees_equal(other_epoch.state.params, a.state.params)
 
 
+def test_train_chunk_turns_and_scales_digits_when_asked(chunk_setup, monkeypatch):
+    carry0, data, keys, _ = chunk_setup
+    config = small_config(batch_size=32)
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    optimizer = make_optimizer(config, steps_per_epoch=8)
+    seen = []
+    original = train_module.random_affine
+
+    def recording(key, images, max_rotation_deg, max_scale):
+        seen.append((max_rotation_deg, max_scale))
+        return original(key, images, max_rotation_deg, max_scale)
+
+    monkeypatch.setattr(train_module, "random_affine", recording)
+
+    def run(**augment):
+        chunk = make_train_chunk(
+            model,
+            spec,
+            weights,
+            optimizer,
+            batch_size=32,
+            num_steps=2,
+            steps_per_epoch=8,
+            **augment,
+        )
+        return jax.jit(chunk)(carry0, data, keys.data, keys.step, 0, 0)[0].state.params
+
+    plain = run()
+    assert seen == []  # no augmentation asked: the function is not even traced
+    turned = run(max_rotation_deg=15.0, max_scale=0.1)
+    assert seen == [(15.0, 0.1)]
+    assert_trees_equal(turned, run(max_rotation_deg=15.0, max_scale=0.1))
+    assert not trees_equal(turned, plain)
+
+
 @pytest.mark.parametrize(
     ("steps_per_epoch", "requested", "expected"),
     [
