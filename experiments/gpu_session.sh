@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a session lent a GPU runs through the device tool (BUILD_NOTES.md, "When a GPU is lent").
 #
-#   bash experiments/gpu_session.sh all [TASK EPOCHS]  # a 15-minute lease in one call
+#   bash experiments/gpu_session.sh all [TASK EPOCHS [--config.FIELD=VALUE ...]]  # one 15-minute lease
 #   bash experiments/gpu_session.sh train TASK SECONDS  # later calls: a piece of TASK's run
 #
 # The device tool runs it with `carry: [".whl", "gpu_data"]` (and, for `train`, the workdir
@@ -19,7 +19,7 @@ train)
     : "${3:?train needs the seconds this piece may run}"
     ;;
 *)
-    echo "usage: $0 all [TASK EPOCHS] | train TASK SECONDS" >&2
+    echo "usage: $0 all [TASK EPOCHS [--config.FIELD=VALUE ...]] | train TASK SECONDS" >&2
     exit 2
     ;;
 esac
@@ -35,7 +35,8 @@ if [ "$1" = all ]; then
     # One call of at most 580 s (run it with timeout_s 600), revised after the first lent
     # session (BUILD_NOTES.md, "A GPU, at last"): `bench --quick`, then the 28x28 recipe at
     # batch 256 and learning rate 0.04 over seeds 0-2 against the two-minute target, then
-    # TASK (default translated60) for EPOCHS (default 140) over seeds 1-4 (issue 3).
+    # TASK (default translated60) for EPOCHS (default 140) over seeds 1-4 (issue 3), with any
+    # further arguments passed on to that run as overrides.
     # Checkpoints are taken every 30 s, not every epoch: on the H100 a 28x28 epoch trains in
     # 0.16 s. Logs, metrics, results and best parameters are written under /tmp/res and packed
     # into $OUT/res.tgz after every job (the device tool returns at most 8 files of 16 MB);
@@ -55,7 +56,7 @@ if [ "$1" = all ]; then
     timeout 380 python3 -m experiments.train --config="experiments/configs/$task.py" \
         --config.data_backend=numpy --config.num_epochs="${3:-140}" --config.seed=1 \
         --config.num_seeds=4 --config.checkpoint_every_s=30 --workdir="$res/$task" \
-        > "$res/$task.log" 2>&1
+        "${@:4}" > "$res/$task.log" 2>&1
     status=$?
     pack
     tail -n 2 "$res"/*.log
