@@ -169,10 +169,16 @@ class Row:
         """``base_label``, naming a RAM's departures from the paper's model: a core other than
         the ReLU RNN, glimpses kept inside the central part of the canvas, REINFORCE reaching
         the core (with its weight where that is not 1), the deterministic episode's
-        cross-entropy added to the loss (likewise). A REINFORCE term detached from the core,
-        this library's default, goes unnamed."""
+        cross-entropy added to the loss (likewise); for any model, training digits turned and
+        scaled. A REINFORCE term detached from the core, this library's default, goes unnamed."""
+        changes = []
+        if rotation := self.config.get("train_rotation") or 0:
+            changes.append(f"turned ±{rotation:g}°")
+        if scale := self.config.get("train_scale") or 0:
+            changes.append(f"scaled ±{scale:g}")
+        augment = ["training digits " + " and ".join(changes)] if changes else []
         if self.config.get("model") != "ram":
-            return self.base_label
+            return f"{self.base_label} ({augment[0]})" if augment else self.base_label
         notes = []
         core = self.config.get("core") or "rnn"
         if core != "rnn":
@@ -188,6 +194,7 @@ class Row:
         if mean_weight > 0 and self.config.get("policy") != "random":
             extra = "deterministic episode's cross-entropy"
             notes.append(extra if mean_weight == 1 else f"{extra}, weight {mean_weight:g}")
+        notes += augment
         return f"{self.base_label} ({', '.join(notes)})" if notes else self.base_label
 
 

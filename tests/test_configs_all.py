@@ -159,24 +159,32 @@ LEARNED_RAM_RECIPE = {
         "reinforce_through_core": False,
         "optimizer": "sgd",
         "mean_rollout_weight": 0.0,
+        "train_rotation": 0.0,
+        "train_scale": 0.0,
     },
     "translated60": {
         "location_range": 0.7,
         "reinforce_through_core": True,
         "reinforce_weight": 0.1,
         "mean_rollout_weight": 1.0,
+        "train_rotation": 10.0,
+        "train_scale": 0.1,
     },
     "cluttered60": {
         "location_range": 0.7,
         "reinforce_through_core": True,
         "reinforce_weight": 0.1,
         "mean_rollout_weight": 1.0,
+        "train_rotation": 0.0,
+        "train_scale": 0.0,
     },
     "cluttered100": {
         "location_range": 1.0,
         "reinforce_through_core": True,
         "reinforce_weight": 0.1,
         "mean_rollout_weight": 0.0,
+        "train_rotation": 0.0,
+        "train_scale": 0.0,
     },
 }
 OTHER_ROWS = {
@@ -184,6 +192,8 @@ OTHER_ROWS = {
     "reinforce_through_core": False,
     "reinforce_weight": 1.0,
     "mean_rollout_weight": 0.0,
+    "train_rotation": 0.0,
+    "train_scale": 0.0,
 }
 
 

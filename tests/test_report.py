@@ -337,6 +337,23 @@ def test_the_deterministic_episodes_cross_entropy_is_named_with_its_weight(
     }
 
 
+def test_turned_and_scaled_training_digits_are_named_for_every_model(tmp_path: Path) -> None:
+    paths = [
+        write_result(tmp_path / "plain", task="translated60", num_glimpses=8, test=3.0),
+        write_result(tmp_path / "ram", task="translated60", num_glimpses=8, train_rotation=10.0,
+                     train_scale=0.1, test=2.0),
+        write_result(tmp_path / "conv", task="translated60", model="conv", train_rotation=15.0,
+                     train_scale=0.0, test=1.0),
+    ]  # fmt: skip
+    _, rows = rows_of(paths)
+    got = {r["model"]: r["test %"] for r in rows}
+    assert got == {
+        "RAM 8 glimpses": "3.00",
+        "RAM 8 glimpses (training digits turned ±10° and scaled ±0.1)": "2.00",
+        "Conv (training digits turned ±15°)": "1.00",
+    }
+
+
 def test_missing_values_and_mixed_mc_samples(tmp_path: Path) -> None:
     paths = [
         write_result(tmp_path / "a", seed=0, test=2.0, test_mc=None, train_seconds=None,
