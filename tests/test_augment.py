@@ -135,3 +135,19 @@ def test_random_affine_rejects_bad_ranges(rotation, scale, match):
 def test_affine_warp_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         affine_warp(np.zeros((4, 4)), jnp.zeros(1), jnp.ones(1))
+
+
+def test_random_affine_respects_its_rotation_range():
+    # A bar through the centre along the rows; its ink's principal axis (from second moments)
+    # gives each output's angle, which must stay within the limit (plus sampling blur) and use it.
+    bar = np.zeros((28, 28), np.float32)
+    bar[13:15, 4:24] = 1.0
+    out = np.asarray(random_affine(jax.random.key(4), np.repeat(bar[None], 256, axis=0), 10.0, 0.0))
+    rows, cols = np.mgrid[:28, :28] - 13.5
+    mass = out.sum(axis=(1, 2))
+    mu_rr = (out * rows**2).sum(axis=(1, 2)) / mass
+    mu_cc = (out * cols**2).sum(axis=(1, 2)) / mass
+    mu_rc = (out * rows * cols).sum(axis=(1, 2)) / mass
+    angles = np.degrees(0.5 * np.arctan2(2 * mu_rc, mu_cc - mu_rr))
+    assert np.abs(angles).max() <= 10.5
+    assert angles.min() < -8 and angles.max() > 8

@@ -80,6 +80,11 @@ def rows_of(paths: list[Path | str]) -> tuple[list[str], list[dict[str, str]]]:
     return parse_table(report.build_table(report.load_runs([str(p) for p in paths])))
 
 
+def error_cells_by_model(paths: list[Path | str]) -> dict[str, str]:
+    """The table's test-error cell of each row, by its model label."""
+    return {r["model"]: r["test %"] for r in rows_of(paths)[1]}
+
+
 def mean_std(cell: str) -> tuple[float, float | None]:
     mean, _, std = cell.partition(" ± ")
     return float(mean), (float(std) if std else None)
@@ -327,9 +332,7 @@ def test_the_deterministic_episodes_cross_entropy_is_named_with_its_weight(
         write_result(tmp_path / "random", **row, policy="random", mean_rollout_weight=1.0,
                      test=4.0),
     ]  # fmt: skip
-    _, rows = rows_of(paths)
-    got = {r["model"]: r["test %"] for r in rows}
-    assert got == {
+    assert error_cells_by_model(paths) == {
         "RAM 8 glimpses (LSTM core)": "3.00",
         "RAM 8 glimpses (LSTM core, deterministic episode's cross-entropy)": "2.00",
         "RAM 8 glimpses (LSTM core, deterministic episode's cross-entropy, weight 0.5)": "1.00",
@@ -345,9 +348,7 @@ def test_turned_and_scaled_training_digits_are_named_for_every_model(tmp_path: P
         write_result(tmp_path / "conv", task="translated60", model="conv", train_rotation=15.0,
                      train_scale=0.0, test=1.0),
     ]  # fmt: skip
-    _, rows = rows_of(paths)
-    got = {r["model"]: r["test %"] for r in rows}
-    assert got == {
+    assert error_cells_by_model(paths) == {
         "RAM 8 glimpses": "3.00",
         "RAM 8 glimpses (training digits turned ±10° and scaled ±0.1)": "2.00",
         "Conv (training digits turned ±15°)": "1.00",
