@@ -28,6 +28,9 @@ Expected with ``--config.num_epochs=120`` (seed 0, 2-core Intel Xeon CPU, 1 h 54
 beside another run; shipped as ``checkpoints/cluttered60``): validation 2.56% (epoch 96), test
 2.98% with one deterministic rollout and 1.89% averaging 10 sampled rollouts (target 2.6%, paper
 4.04-5.23%). 60 epochs gave 3.34 / 3.52 / 2.49% (validation, test, test averaging 10; 52 minutes).
+Two variants that did not help (BUILD_NOTES.md, 2026-11-27): training digits turned ±10° and
+scaled ±10% as in translated60 (``--config.train_rotation=10 --config.train_scale=0.1``), 120
+epochs: 2.59 / 3.03 / 1.83%; ``--config.mean_rollout_weight=2``, 60 epochs: 3.33 / 3.54 / 2.28%.
 Without the deterministic episode's cross-entropy, 60 epochs gave 3.86 / 3.93 / 2.84%
 (28 minutes), and 4.12 / 4.37 / 3.00% with
 ``--config.loc_std=0.1`` besides. Without REINFORCE reaching the core either, 60 epochs gave 5.68 /
