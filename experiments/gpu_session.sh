@@ -2,7 +2,7 @@
 # What a session lent a GPU runs through the device tool (BUILD_NOTES.md, "When a GPU is lent").
 #
 #   bash experiments/gpu_session.sh all [TASK EPOCHS [--config.FIELD=VALUE ...]]  # one 15-minute lease
-#   bash experiments/gpu_session.sh train TASK SECONDS  # later calls: a piece of TASK's run
+#   bash experiments/gpu_session.sh train TASK SECONDS [--config.FIELD=VALUE ...]  # a piece of a run
 #
 # The device tool runs it with `carry: [".whl", "gpu_data"]` (and, for `train`, the workdir
 # carried back from an earlier piece as `gpu_runs/TASK`). The lent image has jax, flax, optax,
@@ -19,7 +19,7 @@ train)
     : "${3:?train needs the seconds this piece may run}"
     ;;
 *)
-    echo "usage: $0 all [TASK EPOCHS [--config.FIELD=VALUE ...]] | train TASK SECONDS" >&2
+    echo "usage: $0 all [TASK EPOCHS [--config.FIELD=VALUE ...]] | train TASK SECONDS [--config.FIELD=VALUE ...]" >&2
     exit 2
     ;;
 esac
@@ -62,15 +62,18 @@ if [ "$1" = all ]; then
     tail -n 2 "$res"/*.log
     exit "$status"
 else
-    # A piece of the config file's full-length run; a carried `gpu_runs/TASK` is resumed. The
-    # workdir comes back whole as $OUT/TASK.tgz (orbax nests deeper than the tool returns);
-    # unpack it into gpu_runs/ here to carry it to the next piece.
+    # A piece of the config file's run (with any overrides given after SECONDS; a resumed run
+    # must be given the same ones); a carried `gpu_runs/TASK` is resumed. The workdir comes
+    # back whole (orbax nests deeper than the tool returns) as $OUT/TASK.tgz.00, .01, ...: one
+    # archive cut into pieces under the tool's 16 MB a file (two cluttered60 seeds' checkpoints
+    # are about 30 MB). Rejoin them with `cat TASK.tgz.* | tar xz -C gpu_runs` to carry the
+    # workdir to the next piece or resume it on this machine.
     mkdir -p "gpu_runs/$2"
     timeout "$3" python3 -m experiments.train --config="experiments/configs/$2.py" \
         --config.data_backend=numpy --config.checkpoint_every_s=30 --workdir="gpu_runs/$2" \
-        > "$OUT/$2.log" 2>&1
+        "${@:4}" > "$OUT/$2.log" 2>&1
     status=$?
-    tar czf "$OUT/$2.tgz" -C gpu_runs "$2"
+    tar cz -C gpu_runs "$2" | split -d -b 15M - "$OUT/$2.tgz."
     tail -n 3 "$OUT/$2.log"
     exit "$status"
 fi
