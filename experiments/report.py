@@ -46,8 +46,8 @@ __all__ = [
     "seed_runs",
 ]
 
-# Config fields that do not make a different configuration: seeds, and where or how fast the
-# data is read and evaluated.
+# Config fields that do not make a different configuration: seeds, where or how fast the data
+# is read and evaluated, and how often checkpoints are written.
 SEED_FIELDS = frozenset(
     {
         "seed",
@@ -58,6 +58,7 @@ SEED_FIELDS = frozenset(
         "eval_batch_size",
         "steps_per_dispatch",
         "mc_samples",
+        "checkpoint_every_s",
     }
 )
 # Defaults for fields older results lack and ``default_config`` may not (yet) define.

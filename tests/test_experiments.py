@@ -155,11 +155,17 @@ SHIPPED = sorted(p.parent for p in (REPO_ROOT / "checkpoints").glob("*/results.j
 @needs_mnist
 @pytest.mark.parametrize("workdir", SHIPPED, ids=lambda p: p.name)
 def test_shipped_checkpoint_reproduces_its_results(workdir):
+    import jax
+
     from ram_jax.train import evaluate_workdir
 
     results = json.loads((workdir / "results.json").read_text())
     report = evaluate_workdir(workdir, mc_samples=results["mc_samples"], data_dir=str(MNIST_DIR))
     assert report["task"] == workdir.name
+    # Exactly the same errors on the kind of device that trained it (older results files kept
+    # unrounded floats, 0.5700000000000001). A GPU computes float32 products as TF32, so its
+    # model evaluated on a CPU may put a few of 10,000 images in another class.
+    same_platform = results["device"].split(":")[0] == jax.default_backend()
+    tolerance = 1e-9 if same_platform else 0.1
     for name in ("val_error_pct", "val_error_mc_pct", "test_error_pct", "test_error_mc_pct"):
-        # Exactly the same errors: older results files kept unrounded floats (0.5700000000000001).
-        assert report[name] == pytest.approx(results[name], abs=1e-9), name
+        assert report[name] == pytest.approx(results[name], abs=tolerance), name

@@ -154,6 +154,7 @@ def test_seeds_from_two_workdirs_merge_into_one_row(tmp_path: Path) -> None:
         tmp_path / "b", seed=1, test=1.5, test_mc=1.2, val=1.6, train_seconds=1200.0,
         device="gpu: NVIDIA H100 x1", commit="b" * 40, model="ram", policy="learned",
         data_dir="/elsewhere", eval_batch_size=500, steps_per_dispatch=7,
+        checkpoint_every_s=30.0,
     )  # fmt: skip
     header, rows = rows_of([a, b])
     assert header == [

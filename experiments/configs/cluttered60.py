@@ -24,10 +24,13 @@ and glimpse networks, as in the paper, at a tenth of the weight (``reinforce_thr
 adds the cross-entropy of the deterministic episode evaluation runs (``mean_rollout_weight=1``,
 twice the compute of a step; BUILD_NOTES.md, 2026-11-26, fourth session).
 
-Expected with ``--config.num_epochs=120`` (seed 0, 2-core Intel Xeon CPU, 1 h 54 min of training
-beside another run; shipped as ``checkpoints/cluttered60``): validation 2.56% (epoch 96), test
-2.98% with one deterministic rollout and 1.89% averaging 10 sampled rollouts (target 2.6%, paper
-4.04-5.23%). 60 epochs gave 3.34 / 3.52 / 2.49% (validation, test, test averaging 10; 52 minutes).
+Expected with ``--config.num_epochs=200 --config.num_seeds=2`` (seeds 0 and 1 at once, one
+NVIDIA H100, 6 min 28 s of training; shipped as ``checkpoints/cluttered60``): validation 2.45 /
+2.46% (epochs 162 / 171), test 2.68 / 2.65% with one deterministic rollout (mean 2.67 +- 0.02)
+and 1.60 / 1.73% averaging 10 sampled rollouts (target 2.6%, paper 4.04-5.23%; evaluated on a
+CPU, 2.67 / 2.64%). On a 2-core CPU one seed takes about 40 s an epoch. 120 epochs (seed 0, Intel
+Xeon, 1 h 54 min of training beside another run) gave 2.56 / 2.98 / 1.89% (validation, test,
+test averaging 10), 60 epochs 3.34 / 3.52 / 2.49% (52 minutes).
 Two variants that did not help (BUILD_NOTES.md, 2026-11-27): training digits turned ±10° and
 scaled ±10% as in translated60 (``--config.train_rotation=10 --config.train_scale=0.1``), 120
 epochs: 2.59 / 3.03 / 1.83%; ``--config.mean_rollout_weight=2``, 60 epochs: 3.33 / 3.54 / 2.28%.
