@@ -59,7 +59,7 @@ if [ "$1" = all ]; then
         "${@:4}" > "$res/$task.log" 2>&1
     status=$?
     pack
-    tail -n 2 "$res"/*.log
+    tail -n 3 "$res"/*.log
     exit "$status"
 else
     # A piece of the config file's run (with any overrides given after SECONDS; a resumed run
@@ -74,6 +74,6 @@ else
         "${@:4}" > "$OUT/$2.log" 2>&1
     status=$?
     tar cz -C gpu_runs "$2" | split -d -b 15M - "$OUT/$2.tgz."
-    tail -n 3 "$OUT/$2.log"
+    tail -n 6 "$OUT/$2.log"
     exit "$status"
 fi

@@ -110,6 +110,20 @@ def run_keys(seed: int) -> RunKeys:
 
 Model = RAM | FullyConnected | Convolutional
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# ``results.json["seconds_this_process"]``: loading the data; the training spans (the first
+# epoch's, which compiles, also on its own); per-epoch validation and bookkeeping; metrics,
+# checkpoints and best-parameter files; the final test and Monte-Carlo evaluation; the rest
+# (setup, restoring, compiling the initialisation). All but ``first_epoch_train`` sum to the
+# process's wall time.
+PHASES = (
+    "load_data",
+    "train",
+    "first_epoch_train",
+    "validate",
+    "checkpoint",
+    "final_evaluation",
+    "other",
+)
 
 
 def build_model(config: ml_collections.ConfigDict) -> Model:
@@ -625,6 +639,10 @@ def train_and_evaluate(
     start = time.perf_counter()
     commit = git_commit()  # the code that runs, even if the checkout changes before the end
     data = datasets if datasets is not None else load_datasets(config)
+    # Where this process's wall time went (results.json): on a GPU an epoch trains in a fraction
+    # of a second, and the work around the fused training spans can cost as much as they do.
+    phases = dict.fromkeys(PHASES, 0.0)
+    phases["load_data"] = time.perf_counter() - start
     # Written once the data loaded: a run that failed before training binds the workdir to nothing.
     checkpoint.atomic_write_json(config_path, config_dict)
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
@@ -749,6 +767,10 @@ def train_and_evaluate(
                 f"loss {float(np.mean(step_metrics['loss'])):.3f}",
             )
         train_seconds = time.perf_counter() - epoch_start
+        phases["train"] += train_seconds
+        if epoch == first_epoch:
+            phases["first_epoch_train"] = train_seconds
+        validate_start = time.perf_counter()
         per_seed = {name: total / steps_per_epoch for name, total in sums.items()}
         record: dict[str, Any] = {name: float(np.mean(v)) for name, v in per_seed.items()}
         record.update(
@@ -780,12 +802,15 @@ def train_and_evaluate(
                 record["per_seed"]["val_error_pct"] = val_errors
         meta["epoch"] = epoch + 1
         meta["train_seconds"] += train_seconds
+        save_start = time.perf_counter()
+        phases["validate"] += save_start - validate_start
         checkpoint.append_jsonl(metrics_path, record)
         last_epoch = epoch + 1 == config.num_epochs
         if last_epoch or time.perf_counter() - last_save >= config.checkpoint_every_s:
             write_pending_best()
             store.save(epoch + 1, carry.state, meta)
             saved_epoch, last_save = epoch + 1, time.perf_counter()
+        phases["checkpoint"] += time.perf_counter() - save_start
         progress.update(
             (epoch + 1) * steps_per_epoch,
             f"epoch {epoch + 1}/{config.num_epochs} loss {record['loss']:.3f} "
@@ -796,6 +821,7 @@ def train_and_evaluate(
     progress.close()
     store.close()
 
+    final_start = time.perf_counter()
     runs = []
     for r, seed in enumerate(seeds):
         best_params = checkpoint.load_params(
@@ -811,6 +837,9 @@ def train_and_evaluate(
             mc_samples=config.mc_samples,
         )
         runs.append({"seed": seed, "best_epoch": meta["best_epoch"][r], **report})
+    phases["final_evaluation"] = time.perf_counter() - final_start
+    wall = time.perf_counter() - start
+    phases["other"] = wall - sum(v for k, v in phases.items() if k != "first_epoch_train")
     results = {
         "task": config.task,
         "model": config.model,
@@ -822,7 +851,8 @@ def train_and_evaluate(
         "runs": runs,
         "train_seconds": meta["train_seconds"],
         "train_images_per_s": timed_images / timed_seconds if timed_seconds else None,
-        "wall_seconds_this_process": time.perf_counter() - start,
+        "wall_seconds_this_process": wall,
+        "seconds_this_process": {k: round(v, 3) for k, v in phases.items()},
         "device": describe_device(),
         "commit": commit,
         "jax_version": jax.__version__,
@@ -839,6 +869,12 @@ def train_and_evaluate(
             flush=True,
         )
     print(f"training time {format_seconds(meta['train_seconds'])}", flush=True)
+    print(
+        "this process: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in phases.items())
+        + f"; wall {wall:.1f} s",
+        flush=True,
+    )
     return results
 
 

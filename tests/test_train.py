@@ -207,6 +207,22 @@ def test_end_to_end_results_json(e2e_run):
     assert on_disk["train_images_per_s"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_end_to_end_accounts_for_the_process_wall_time(e2e_run):
+    _, _, workdir, _ = e2e_run
+    on_disk = json.loads((workdir / "results.json").read_text())
+    phases = on_disk["seconds_this_process"]
+    assert set(phases) == set(train_module.PHASES)
+    assert all(v >= 0 for v in phases.values()), phases
+    records = checkpoint.read_jsonl(workdir / "metrics.jsonl")
+    # The training spans are the epochs' own timings; the first epoch's is one of them.
+    assert phases["train"] == pytest.approx(on_disk["train_seconds"], abs=0.01)
+    assert phases["first_epoch_train"] == pytest.approx(records[0]["train_seconds"], abs=0.01)
+    # Validation ran every epoch and the final evaluation once (MC included): neither is free.
+    assert phases["validate"] > 0 and phases["final_evaluation"] > 0
+    parts = sum(v for k, v in phases.items() if k != "first_epoch_train")
+    assert parts == pytest.approx(on_disk["wall_seconds_this_process"], abs=0.01)
+
+
 def test_end_to_end_metrics_and_best_epoch(e2e_run):
     config, data, workdir, results = e2e_run
     records = checkpoint.read_jsonl(workdir / "metrics.jsonl")
