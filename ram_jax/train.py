@@ -15,6 +15,7 @@ import pathlib
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ram_jax import checkpoint, evaluation, parallel
+from ram_jax import checkpoint, evaluation, parallel, xla_workarounds
 from ram_jax.augment import random_affine, random_shift
 from ram_jax.baselines import Convolutional, FullyConnected, classifier_loss
 from ram_jax.config import config_differences, config_from_saved, validate_config
@@ -618,6 +619,18 @@ def train_and_evaluate(
     ``datasets`` may be given to skip loading (tests); otherwise ``load_datasets(config)``.
     """
     validate_config(config)
+    if config.num_seeds > 1:
+        # XLA starts below at the latest (data_mesh), and with it the flag is read or missed.
+        in_effect = xla_workarounds.avoid_replicate_deadlock()
+        if not in_effect and jax.default_backend() == "cpu":
+            warnings.warn(
+                f"{config.num_seeds} replicates on the CPU without "
+                f"XLA_FLAGS={xla_workarounds.SCHEDULER_FLAG}: two replicates of the 60x60 "
+                "configs hang with jaxlib 0.10.2 (ram_jax.xla_workarounds); set it before JAX "
+                "starts, or call train_and_evaluate before any other JAX computation",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     if config.distributed:
         parallel.initialize_distributed()
     mesh = parallel.data_mesh()

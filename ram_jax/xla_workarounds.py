@@ -1,0 +1,45 @@
+"""Workarounds for XLA bugs that would otherwise hang a run.
+
+**Two replicates on the CPU** (jax/jaxlib 0.10.2): ``jax.jit(over_replicates(init_train_state))``
+with exactly two replicates of the 60x60 RAM configs (LSTM core, three scales) dispatches, then
+never finishes: the process sits idle and every later XLA computation waits behind it. One, three
+or four replicates finish in seconds, and so does the same computation run op by op without
+``jit``. XLA's concurrency-optimised scheduler for the CPU causes it: with
+``--xla_cpu_enable_concurrency_optimized_scheduler=false`` it finishes 6 times out of 6 and a
+two-seed cluttered60 run trains (BUILD_NOTES.md, "Two replicates hang on the CPU"). The flag only
+acts on CPU compilations and is read once, when XLA starts, so it has to be in ``XLA_FLAGS``
+before the first computation. Passing it to ``Lowered.compile(compiler_options=...)`` does not
+help.
+"""
+
+from __future__ import annotations
+
+import os
+
+SCHEDULER_FIELD = "xla_cpu_enable_concurrency_optimized_scheduler"
+SCHEDULER_FLAG = f"--{SCHEDULER_FIELD}=false"
+
+
+def xla_started() -> bool:
+    """Whether XLA's backends exist already (``XLA_FLAGS`` is read when they are created)."""
+    from jax._src import xla_bridge  # no public API says this; a jax without it: assume started
+
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return True if started is None else bool(started())
+
+
+def scheduler_flag_set() -> bool:
+    """Whether ``XLA_FLAGS`` says anything about the CPU scheduler (the user's choice wins)."""
+    return SCHEDULER_FIELD in os.environ.get("XLA_FLAGS", "")
+
+
+def avoid_replicate_deadlock() -> bool:
+    """Turns XLA's concurrency-optimised CPU scheduler off, if XLA has not started yet.
+
+    Leaves ``XLA_FLAGS`` alone when it already says something about that scheduler, or when XLA
+    has started (too late to take effect). Returns whether ``XLA_FLAGS`` now turns it off. Call
+    it before the first JAX computation (``experiments.train`` does, for runs of several seeds).
+    """
+    if not scheduler_flag_set() and not xla_started():
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHEDULER_FLAG}".strip()
+    return SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "").split()
