@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_params",
     "evaluate_workdir",
     "fixed_canvases",
+    "init_replicates",
     "init_train_state",
     "load_datasets",
     "loss_weights",
@@ -289,6 +290,25 @@ def init_train_state(
     else:
         params = model.init(key, jnp.zeros((1, *image_shape[:2], channels), jnp.float32))["params"]
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def init_replicates(
+    model: Model,
+    spec: RolloutSpec,
+    optimizer: optax.GradientTransformation,
+    keys: jax.Array,
+    image_shape: tuple[int, ...],
+) -> TrainState:
+    """``init_train_state`` of each key in ``keys`` (R x key), stacked on a leading R axis.
+
+    One jitted initialisation per replicate rather than one ``vmap`` over them: with jaxlib
+    0.10.2 the vmapped initialisation of exactly two replicates of the 60x60 configs deadlocks
+    XLA on the CPU (``ram_jax.xla_workarounds``). It runs once per run, so the loop costs
+    nothing that matters, and replicate ``r`` is exactly the state of a run of key ``r`` alone.
+    """
+    init = jax.jit(lambda key: init_train_state(model, spec, optimizer, key, image_shape))
+    states = [init(keys[r]) for r in range(keys.shape[0])]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 def make_loss_fn(
@@ -620,14 +640,15 @@ def train_and_evaluate(
     """
     validate_config(config)
     if config.num_seeds > 1:
-        # XLA starts below at the latest (data_mesh), and with it the flag is read or missed.
+        # A guard beside init_replicates: XLA starts below at the latest (data_mesh), and reads
+        # the flag then or never.
         in_effect = xla_workarounds.avoid_replicate_deadlock()
         if not in_effect and jax.default_backend() == "cpu":
             warnings.warn(
                 f"{config.num_seeds} replicates on the CPU without "
-                f"XLA_FLAGS={xla_workarounds.SCHEDULER_FLAG}: two replicates of the 60x60 "
-                "configs hang with jaxlib 0.10.2 (ram_jax.xla_workarounds); set it before JAX "
-                "starts, or call train_and_evaluate before any other JAX computation",
+                f"XLA_FLAGS={xla_workarounds.SCHEDULER_FLAG}: that XLA scheduler deadlocked a "
+                "vmapped two-replicate program with jaxlib 0.10.2 (ram_jax.xla_workarounds); "
+                "set the flag before JAX starts, or call train_and_evaluate first",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -666,13 +687,7 @@ def train_and_evaluate(
     seeds = [config.seed + r for r in range(num_seeds)]
     keys = replicate_keys(config.seed, num_seeds)
     image_shape = task.image_shape
-    state = jax.jit(
-        over_replicates(
-            lambda key: init_train_state(model, spec, optimizer, key, image_shape),
-            num_seeds,
-            (0,),
-        )
-    )(keys.init)
+    state = init_replicates(model, spec, optimizer, keys.init, image_shape)
     state = parallel.replicate_on(mesh, state)
     train_data = parallel.replicate_on(mesh, data.train)
 

@@ -1,15 +1,18 @@
 """Workarounds for XLA bugs that would otherwise hang a run.
 
-**Two replicates on the CPU** (jax/jaxlib 0.10.2): ``jax.jit(over_replicates(init_train_state))``
-with exactly two replicates of the 60x60 RAM configs (LSTM core, three scales) dispatches, then
-never finishes: the process sits idle and every later XLA computation waits behind it. One, three
-or four replicates finish in seconds, and so does the same computation run op by op without
+**Two replicates on the CPU** (jax/jaxlib 0.10.2): ``jax.jit(jax.vmap(init_train_state))`` over
+exactly two replicates of the 60x60 RAM configs (LSTM core, three scales) dispatches, then never
+finishes: the process sits idle and every later XLA computation waits behind it. One, three or
+four replicates finish in seconds, and so does the same computation run op by op without
 ``jit``. XLA's concurrency-optimised scheduler for the CPU causes it: with
-``--xla_cpu_enable_concurrency_optimized_scheduler=false`` it finishes 6 times out of 6 and a
-two-seed cluttered60 run trains (BUILD_NOTES.md, "Two replicates hang on the CPU"). The flag only
-acts on CPU compilations and is read once, when XLA starts, so it has to be in ``XLA_FLAGS``
-before the first computation. Passing it to ``Lowered.compile(compiler_options=...)`` does not
-help.
+``--xla_cpu_enable_concurrency_optimized_scheduler=false`` it finishes 6 times out of 6
+(BUILD_NOTES.md, "Two replicates of the 60x60 models hang on this CPU"). The flag only acts on
+CPU compilations and is read once, when XLA starts, so it has to be in ``XLA_FLAGS`` before the
+first computation; passing it to ``Lowered.compile(compiler_options=...)`` does not help.
+
+Two defences: ``train.init_replicates`` initialises replicates one at a time (no ``vmap``), which
+removes the computation that hung, and ``train_and_evaluate`` with ``num_seeds > 1`` calls
+``avoid_replicate_deadlock`` in case the same scheduler bug meets another vmapped program.
 """
 
 from __future__ import annotations

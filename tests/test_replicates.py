@@ -28,6 +28,7 @@ from ram_jax.train import (
     Datasets,
     build_model,
     evaluate_workdir,
+    init_replicates,
     init_train_state,
     make_optimizer,
     over_replicates,
@@ -123,6 +124,23 @@ def test_over_replicates_many_replicates_map_the_leading_axis():
         np.testing.assert_allclose(mapped[r], fn(w[r], x), rtol=1e-6, atol=1e-6)
     # Each replicate reads its own slice: they differ.
     assert not np.allclose(mapped[0], mapped[1])
+
+
+@pytest.mark.parametrize("core", ["rnn", "lstm"])
+def test_init_replicates_stacks_each_keys_own_state(core):
+    config = tiny_config(core=core)
+    model, spec = build_model(config), rollout_spec(config)
+    optimizer = make_optimizer(config, 10)
+    keys = replicate_keys(SEED, 3).init
+    stacked = init_replicates(model, spec, optimizer, keys, (28, 28))
+    for r in range(3):
+        alone = init_train_state(model, spec, optimizer, keys[r], (28, 28))
+        assert_trees_equal(replicate(stacked, r), alone)
+    leaves = jax.tree.leaves(stacked)
+    assert all(leaf.shape[0] == 3 for leaf in leaves)
+    # Each replicate drew its own weights (the keys differ), or the loop stacked one state.
+    core_kernels = jax.tree.leaves(stacked.params["core_net"])
+    assert all(not np.array_equal(k[0], k[1]) for k in core_kernels if k.ndim == 3)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
