@@ -24,11 +24,13 @@ and glimpse networks, as in the paper, at a tenth of the weight (``reinforce_thr
 adds the cross-entropy of the deterministic episode evaluation runs (``mean_rollout_weight=1``,
 twice the compute of a step; BUILD_NOTES.md, 2026-11-26, fourth session).
 
-Expected with ``--config.num_epochs=200 --config.num_seeds=2`` (seeds 0 and 1 at once, one
-NVIDIA H100, 6 min 28 s of training; shipped as ``checkpoints/cluttered60``): validation 2.45 /
-2.46% (epochs 162 / 171), test 2.68 / 2.65% with one deterministic rollout (mean 2.67 +- 0.02)
-and 1.60 / 1.73% averaging 10 sampled rollouts (target 2.6%, paper 4.04-5.23%; evaluated on a
-CPU, 2.67 / 2.64%). On a 2-core CPU one seed takes about 40 s an epoch. 120 epochs (seed 0, Intel
+Expected with ``--config.num_epochs=300`` (seed 0, 2-core Intel Xeon CPU, 4 h 19 min of
+training over two sessions, some of it beside other runs; shipped as
+``checkpoints/cluttered60``): validation 2.17% (epoch 287), test 2.23% with one deterministic
+rollout and 1.48% averaging 10 sampled rollouts (target 2.6%, paper 4.04-5.23%). 200 epochs
+(``--config.num_epochs=200 --config.num_seeds=2``, seeds 0 and 1 at once on one NVIDIA H100,
+6 min 28 s of training) gave validation 2.45 / 2.46%, test 2.68 / 2.65% and 1.60 / 1.73%
+averaging 10. On a 2-core CPU one seed takes about 40 s an epoch. 120 epochs (seed 0, Intel
 Xeon, 1 h 54 min of training beside another run) gave 2.56 / 2.98 / 1.89% (validation, test,
 test averaging 10), 60 epochs 3.34 / 3.52 / 2.49% (52 minutes).
 Two variants that did not help (BUILD_NOTES.md, 2026-11-27): training digits turned ±10° and
