@@ -41,7 +41,7 @@ def avoid_replicate_deadlock() -> bool:
 
     Leaves ``XLA_FLAGS`` alone when it already says something about that scheduler, or when XLA
     has started (too late to take effect). Returns whether ``XLA_FLAGS`` now turns it off. Call
-    it before the first JAX computation (``experiments.train`` does, for runs of several seeds).
+    it before the first JAX computation (``train_and_evaluate`` does, for runs of several seeds).
     """
     if not scheduler_flag_set() and not xla_started():
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHEDULER_FLAG}".strip()
