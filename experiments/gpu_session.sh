@@ -67,8 +67,8 @@ else
     # back whole (orbax nests deeper than the tool returns) as $OUT/TASK.tgz.00, .01, ...: one
     # archive cut into pieces under the tool's 16 MB a file (two cluttered60 seeds' checkpoints
     # are about 30 MB). Rejoin them with `cat TASK.tgz.* | tar xz -C gpu_runs` to carry the
-    # workdir to the next piece (BUILD_NOTES.md, "When a GPU is lent": two replicates of the
-    # 60x60 models hung on the 2-core CPU, so a multi-seed piece is finished on the GPU).
+    # workdir to the next piece or resume it on this machine (several seeds too, since
+    # train.init_replicates; BUILD_NOTES.md, "When a GPU is lent").
     mkdir -p "gpu_runs/$2"
     timeout "$3" python3 -m experiments.train --config="experiments/configs/$2.py" \
         --config.data_backend=numpy --config.checkpoint_every_s=30 --workdir="gpu_runs/$2" \

@@ -138,9 +138,10 @@ def test_init_replicates_stacks_each_keys_own_state(core):
         assert_trees_equal(replicate(stacked, r), alone)
     leaves = jax.tree.leaves(stacked)
     assert all(leaf.shape[0] == 3 for leaf in leaves)
-    # Each replicate drew its own weights (the keys differ), or the loop stacked one state.
-    core_kernels = jax.tree.leaves(stacked.params["core_net"])
-    assert all(not np.array_equal(k[0], k[1]) for k in core_kernels if k.ndim == 3)
+    # Each replicate drew its own weights (the keys differ), not one state stacked three times.
+    core_kernels = [k for k in jax.tree.leaves(stacked.params["core_net"]) if k.ndim == 3]
+    assert core_kernels
+    assert all(not np.array_equal(k[0], k[1]) for k in core_kernels)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
