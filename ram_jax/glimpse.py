@@ -107,9 +107,10 @@ def _read_padded(
         offset = (largest - side + 1) // 2
         crop = big[offset : offset + side, offset : offset + side]
         block = factor**k
-        # Separable: columns, then rows.
-        pooled = crop.reshape(side, size, block, channels).sum(axis=2)
-        pooled = pooled.reshape(size, block, size, channels).sum(axis=1)
+        # Separable: rows first, adding whole contiguous rows (vectorised), then columns of the
+        # block-times-narrower result.
+        pooled = crop.reshape(size, block, side, channels).sum(axis=1)
+        pooled = pooled.reshape(size, size, block, channels).sum(axis=2)
         scale = 1.0 / (block * block * (255.0 if exact else 1.0))
         patches.append(pooled.astype(jnp.float32) * scale)
     return jnp.stack(patches)
