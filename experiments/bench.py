@@ -21,6 +21,11 @@ Model FLOPs per image come from ``ram_jax.flops``: 2 x multiply-adds of the netw
 training counted as 3 x forward (the model-FLOPs convention). ``executed_*`` fields hold the
 jaxpr count of what the timed programs actually run (autodiff skips a few input gradients).
 ``--quick`` runs the three headline configs at batch 256.
+
+Beside the n=2048 matmul (the hardware's rate), each batch size gets the rate of 20 chained
+``batch x 256 @ 256 x 256`` products (``layer_matmul_flops_per_s``): the shape of the core's
+product, so the rate the step's dense layers can reach. ``ratio_to_layer_matmul`` compares the
+step with it.
 """
 
 from __future__ import annotations
@@ -145,6 +150,30 @@ def matmul_flops_per_s(n: int, repeats: int = 10) -> float:
     jax.block_until_ready(matmul(a, b))  # compile and warm up
     best, _ = best_and_median_seconds(lambda: matmul(a, b), repeats)
     return 2 * n**3 / best
+
+
+LAYER_WIDTH = 256  # the core's width: its products are batch x 256 by 256 x 256
+
+
+def layer_matmul_flops_per_s(batch_size: int, repeats: int = 10, chain: int = 20) -> float:
+    """Best FLOP/s of ``chain`` dependent float32 ``batch x 256 @ 256 x 256`` products.
+
+    The training step is a chain of such small products, one glimpse after another, so this
+    is the rate its dense layers can reach on this device; the n=2048 matmul is the ceiling of
+    the hardware. Chained in one jitted ``lax.scan`` so that dispatch does not count.
+    """
+    x_key, w_key = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(x_key, (batch_size, LAYER_WIDTH), jnp.float32)
+    # Scaled so that repeated products keep their magnitude (no overflow to inf).
+    w = jax.random.normal(w_key, (LAYER_WIDTH, LAYER_WIDTH), jnp.float32) / LAYER_WIDTH**0.5
+
+    @jax.jit
+    def run(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jax.lax.fori_loop(0, chain, lambda _, h: h @ w, x)
+
+    jax.block_until_ready(run(x, w))
+    best, _ = best_and_median_seconds(lambda: run(x, w), repeats)
+    return chain * 2 * batch_size * LAYER_WIDTH**2 / best
 
 
 class TrainSpan(NamedTuple):
@@ -278,6 +307,14 @@ def run_bench(
         matmul_n = 2048 if jax.default_backend() == "cpu" else 8192
     peak = matmul_flops_per_s(matmul_n)
     print(f"float32 matmul n={matmul_n}: {peak / 1e9:,.1f} GFLOP/s", file=sys.stderr, flush=True)
+    layer_rates = {b: layer_matmul_flops_per_s(b) for b in batch_sizes}
+    for b, rate in layer_rates.items():
+        print(
+            f"float32 {b} x {LAYER_WIDTH} @ {LAYER_WIDTH} x {LAYER_WIDTH}, chained: "
+            f"{rate / 1e9:,.1f} GFLOP/s ({100 * rate / peak:.1f}% of the n={matmul_n} matmul)",
+            file=sys.stderr,
+            flush=True,
+        )
     rows = []
     for name in names:
         for batch_size in batch_sizes:
@@ -291,6 +328,8 @@ def run_bench(
             )
             row["ratio_to_matmul"] = row["model_flops_per_s"] / peak
             row["inference_ratio_to_matmul"] = row["inference_model_flops_per_s"] / peak
+            row["layer_matmul_flops_per_s"] = layer_rates[batch_size]
+            row["ratio_to_layer_matmul"] = row["model_flops_per_s"] / layer_rates[batch_size]
             rows.append(row)
             print(
                 f"{name} batch {batch_size}: train {row['images_per_s']:,.0f} img/s "
@@ -327,19 +366,30 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{report['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s",
         "",
         "| config | batch | train img/s | train MFLOP/img | train GFLOP/s | train % matmul "
-        "| infer img/s | infer MFLOP/img | infer GFLOP/s | infer % matmul |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| train % layer matmul | infer img/s | infer MFLOP/img | infer GFLOP/s "
+        "| infer % matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["configs"]:
         lines.append(
             f"| {r['name']} | {r['batch_size']} | {r['images_per_s']:,.0f} "
             f"| {r['model_flops_per_image'] / 1e6:.2f} | {r['model_flops_per_s'] / 1e9:,.1f} "
-            f"| {100 * r['ratio_to_matmul']:.1f} | {r['inference_images_per_s']:,.0f} "
+            f"| {100 * r['ratio_to_matmul']:.1f} | {100 * r['ratio_to_layer_matmul']:.1f} "
+            f"| {r['inference_images_per_s']:,.0f} "
             f"| {r['inference_model_flops_per_image'] / 1e6:.2f} "
             f"| {r['inference_model_flops_per_s'] / 1e9:,.1f} "
             f"| {100 * r['inference_ratio_to_matmul']:.1f} |"
         )
-    lines += ["", f"FLOPs: {report['flops_convention']}."]
+    layer = sorted({(r["batch_size"], r["layer_matmul_flops_per_s"]) for r in report["configs"]})
+    lines += [
+        "",
+        f"Layer matmul: {LAYER_WIDTH}-wide products chained at the row's batch size (the "
+        "shape of the core's product), "
+        + ", ".join(f"batch {b}: {rate / 1e9:,.1f} GFLOP/s" for b, rate in layer)
+        + ".",
+        "",
+        f"FLOPs: {report['flops_convention']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

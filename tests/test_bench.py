@@ -77,11 +77,16 @@ def test_tiny_bench_reports_consistent_numbers(tmp_path, capsys):
         row["inference_model_flops_per_s"] / report["matmul_flops_per_s"]
     )
     assert report["ratio_to_matmul"] == row["ratio_to_matmul"]
+    assert row["layer_matmul_flops_per_s"] > 0
+    assert row["ratio_to_layer_matmul"] == pytest.approx(
+        row["model_flops_per_s"] / row["layer_matmul_flops_per_s"]
+    )
 
     assert json.loads(out_json.read_text()) == report
     table = out_md.read_text()
     assert table in out
     assert "| mnist28 | 8 |" in table
+    assert "batch 8: " in table.split("Layer matmul:")[1]
 
 
 def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys):
@@ -101,6 +106,8 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
                 "inference_model_flops_per_image": 1.0,
                 "inference_model_flops_per_s": 2.0,
                 "inference_ratio_to_matmul": 0.5,
+                "layer_matmul_flops_per_s": 5.0,
+                "ratio_to_layer_matmul": 0.6,
             }
             for name, ratio in zip(names, (0.3, 0.1, 0.2), strict=True)
         ]
