@@ -160,7 +160,7 @@ def layer_matmul_flops_per_s(batch_size: int, repeats: int = 10, chain: int = 20
 
     The training step is a chain of such small products, one glimpse after another, so this
     is the rate its dense layers can reach on this device; the n=2048 matmul is the ceiling of
-    the hardware. Chained in one jitted ``lax.scan`` so that dispatch does not count.
+    the hardware. Chained in one jitted loop so that dispatch does not count.
     """
     x_key, w_key = jax.random.split(jax.random.key(1))
     x = jax.random.normal(x_key, (batch_size, LAYER_WIDTH), jnp.float32)
