@@ -89,6 +89,14 @@ def test_tiny_bench_reports_consistent_numbers(tmp_path, capsys):
     assert "batch 8: " in table.split("Layer matmul:")[1]
 
 
+def test_reference_rates_count_their_flops(monkeypatch):
+    # Every timed call "takes" half a second, so each rate is its FLOP count times two.
+    monkeypatch.setattr(bench, "best_and_median_seconds", lambda fn, repeats: (0.5, 0.5))
+    assert bench.matmul_flops_per_s(64) == 2 * 2 * 64**3
+    width = bench.LAYER_WIDTH
+    assert bench.layer_matmul_flops_per_s(8, chain=3) == 2 * 3 * 2 * 8 * width * width
+
+
 def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys):
     seen = {}
 
