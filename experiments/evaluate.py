@@ -12,6 +12,7 @@ import time
 
 from absl import app, flags, logging
 
+from ram_jax import cpu_dots
 from ram_jax.train import describe_device, evaluate_workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds config.json).")
@@ -27,6 +28,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Orbax logs every file it writes at INFO; progress and results are printed instead.
     logging.set_verbosity(logging.WARNING)
+    cpu_dots.use_eigen_dots()  # before the first computation (ram_jax.cpu_dots)
     start = time.perf_counter()
     report = evaluate_workdir(
         _WORKDIR.value, mc_samples=_MC_SAMPLES.value, data_dir=_DATA_DIR.value

@@ -7,6 +7,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ram_jax import cpu_dots
 from ram_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -19,6 +20,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Orbax logs every file it writes at INFO; progress and results are printed instead.
     logging.set_verbosity(logging.WARNING)
+    # Before the first computation: XLA reads its flags once (ram_jax.cpu_dots says why).
+    cpu_dots.use_eigen_dots()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -97,6 +97,30 @@ def test_reference_rates_count_their_flops(monkeypatch):
     assert bench.layer_matmul_flops_per_s(8, chain=3) == 2 * 3 * 2 * 8 * width * width
 
 
+def test_ratios_use_the_faster_dot_library(monkeypatch):
+    # Eigen dots here at 100 FLOP/s, XLA's default library at 400 in the child process.
+    monkeypatch.setattr(bench.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(bench.cpu_dots, "eigen_dots_requested", lambda: True)
+    monkeypatch.setattr(bench, "matmul_flops_per_s", lambda n, repeats=10: 100.0)
+    monkeypatch.setattr(bench, "matmul_flops_per_s_with_xla_default", lambda n: 400.0)
+    assert bench.reference_matmul_rates(64) == {"eigen": 100.0, "xla_default": 400.0}
+    report = bench.run_bench(
+        ["mnist28"], [8], num_steps=2, repeats=1, matmul_n=64, compute_dtype="float32"
+    )
+    assert report["matmul_flops_per_s"] == 400.0
+    assert report["step_dot_library"] == "eigen"
+    (row,) = report["configs"]
+    assert row["ratio_to_matmul"] == pytest.approx(row["model_flops_per_s"] / 400.0)
+    assert "the best of eigen 0.0, xla_default 0.0; the steps use eigen dots" in (
+        bench.markdown_table(report)
+    )
+
+
+def test_xla_default_matmul_is_timed_in_a_child_process():
+    # The child imports `experiments` from the repository and prints one float.
+    assert bench.matmul_flops_per_s_with_xla_default(32, repeats=1) > 0
+
+
 def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys):
     seen = {}
 
@@ -125,6 +149,8 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
             "commit": "c",
             "matmul_n": 4,
             "matmul_flops_per_s": 10.0,
+            "matmul_flops_per_s_by_library": {"eigen": 8.0, "xla_default": 10.0},
+            "step_dot_library": "eigen",
             "compute_dtype": kwargs["compute_dtype"],
             "ratio_to_matmul": min(r["ratio_to_matmul"] for r in rows),
             "flops_convention": "x",
