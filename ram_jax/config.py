@@ -99,6 +99,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.reinforce_weight = 1.0
     c.baseline_weight = 1.0
     c.mean_rollout_weight = 0.0  # > 0: add the cross-entropy of a deterministic episode
+    # > 0: that share of each batch's training episodes follows the policy mean (the evaluation
+    # episode) instead of sampling, at no extra cost (not in the paper).
+    c.mean_episode_fraction = 0.0
     c.reward = "correct"  # "correct" (the paper: 1 if right) or "probability" (p of the label)
     # REINFORCE's reward minus: "learned_baseline" (the paper's b_t) or "leave_one_out" (the mean
     # reward of the image's other episodes; needs rollouts_per_image >= 2; not in the paper).
@@ -252,6 +255,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config.advantage != "leave_one_out" or config.rollouts_per_image >= 2,
         "advantage 'leave_one_out' compares the episodes of one image: it needs "
         f"rollouts_per_image >= 2, got {config.rollouts_per_image}",
+    )
+    _check(
+        0 <= config.mean_episode_fraction < 1,
+        f"mean_episode_fraction must be in [0, 1), got {config.mean_episode_fraction!r}",
+    )
+    _check(
+        config.mean_episode_fraction == 0 or (config.model == "ram" and config.policy == "learned"),
+        "mean_episode_fraction applies to RAM with a learned policy, not "
+        f"model {config.model!r} with policy {config.policy!r}",
+    )
+    _check(
+        config.mean_episode_fraction == 0 or config.rollouts_per_image == 1,
+        "mean_episode_fraction needs rollouts_per_image == 1 (the episodes of one image are "
+        f"compared with each other), got {config.rollouts_per_image}",
     )
     _check(
         config.warmup_epochs < config.num_epochs,

@@ -159,6 +159,7 @@ def rollout(
     *,
     mode: str = "sample",
     dropout_rate: float = 0.0,
+    num_mean_episodes: int = 0,
 ) -> Trajectory:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
@@ -174,6 +175,10 @@ def rollout(
         glimpse's features g_t before the core and on the final state before the action
         network, with masks from ``fold_in`` of the step keys (so 0, the default, leaves every
         trajectory exactly as without it). Evaluation leaves it at 0.
+      num_mean_episodes: ``"sample"`` mode only (training; not in the paper): the first this
+        many images of the batch get the deterministic episode instead (centre first, then the
+        policy mean, as ``"mean"`` mode), the rest are sampled as usual. Their log-densities are
+        taken at the mean, so REINFORCE gets no gradient from them (``(x - mean) / std^2 = 0``).
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
@@ -187,6 +192,17 @@ def rollout(
     if images.dtype != jnp.uint8:
         images = images.astype(jnp.float32)
     batch, height, width, _ = images.shape
+    if isinstance(num_mean_episodes, bool) or not isinstance(num_mean_episodes, int):
+        raise ValueError(f"num_mean_episodes must be an int, got {num_mean_episodes!r}")
+    if not 0 <= num_mean_episodes <= batch:
+        raise ValueError(
+            f"num_mean_episodes must be in [0, batch size {batch}], got {num_mean_episodes}"
+        )
+    if num_mean_episodes and (mode != "sample" or spec.policy == "random"):
+        raise ValueError(
+            "num_mean_episodes applies to sampled episodes of a learned policy, not to mode "
+            f"{mode!r} with policy {spec.policy!r}"
+        )
     retina.validate_retina(images.shape[1:], size=spec.size, scales=spec.scales, factor=spec.factor)
     padded = retina.pad_images(images, size=spec.size, scales=spec.scales, factor=spec.factor)
     variables = {"params": params}
@@ -198,6 +214,10 @@ def rollout(
         first_loc = jax.random.uniform(first_key, (batch, 2), minval=-1.0, maxval=1.0)
     else:
         first_loc = jnp.zeros((batch, 2), jnp.float32)
+    # A static count: 0 leaves the traced program exactly as without the option.
+    sampled = jnp.arange(batch)[:, None] >= num_mean_episodes if num_mean_episodes else None
+    if sampled is not None:
+        first_loc = jnp.where(sampled, first_loc, 0.0)
 
     def glimpse_step(carry, step_key):
         state, policy_loc = carry
@@ -218,6 +238,8 @@ def rollout(
             mean = jax.lax.stop_gradient(sample)
         elif mode == "sample":
             noise = spec.loc_std * jax.random.normal(step_key, mean.shape, mean.dtype)
+            if sampled is not None:
+                noise = jnp.where(sampled, noise, 0.0)
             sample = jax.lax.stop_gradient(mean + noise)
         else:
             sample = jax.lax.stop_gradient(mean)

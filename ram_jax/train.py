@@ -311,6 +311,12 @@ def init_replicates(
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
+def mean_episodes_per_batch(config: ml_collections.ConfigDict) -> int:
+    """Training episodes per step that follow the policy mean: ``mean_episode_fraction`` of the
+    batch, rounded to the nearest episode."""
+    return round(config.mean_episode_fraction * config.batch_size)
+
+
 def make_loss_fn(
     model: Model,
     spec: RolloutSpec,
@@ -321,6 +327,7 @@ def make_loss_fn(
     dropout_rate: float = 0.0,
     advantage: str = "learned_baseline",
     group_size: int = 1,
+    num_mean_episodes: int = 0,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -330,6 +337,8 @@ def make_loss_fn(
     glimpses it will see at test time. ``reward`` is what an episode earns (``losses.rewards``).
     ``dropout_rate`` applies dropout in the training episodes (``rollout``'s argument).
     ``advantage`` and ``group_size`` (episodes per image, consecutive) go to ``hybrid_loss``.
+    ``num_mean_episodes`` of the batch's episodes follow the policy mean instead of sampling
+    (``rollout``'s argument): the classifier trains on the test-time episode at no extra cost.
     Baselines: cross-entropy only.
     """
     if not isinstance(model, RAM):
@@ -342,7 +351,16 @@ def make_loss_fn(
         return baseline_loss
 
     def ram_loss(params, images, labels, key):
-        traj = rollout(model, params, images, key, spec, mode="sample", dropout_rate=dropout_rate)
+        traj = rollout(
+            model,
+            params,
+            images,
+            key,
+            spec,
+            mode="sample",
+            dropout_rate=dropout_rate,
+            num_mean_episodes=num_mean_episodes,
+        )
         loss, metrics = hybrid_loss(
             traj, labels, weights, reward=reward, advantage=advantage, group_size=group_size
         )
@@ -370,6 +388,7 @@ def make_train_step(
     dropout_rate: float = 0.0,
     advantage: str = "learned_baseline",
     group_size: int = 1,
+    num_mean_episodes: int = 0,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
@@ -385,6 +404,7 @@ def make_train_step(
         dropout_rate=dropout_rate,
         advantage=advantage,
         group_size=group_size,
+        num_mean_episodes=num_mean_episodes,
     )
 
     def train_step(carry, images, labels, key, global_step):
@@ -425,6 +445,7 @@ def make_train_chunk(
     reward: str = "correct",
     dropout_rate: float = 0.0,
     advantage: str = "learned_baseline",
+    num_mean_episodes: int = 0,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -441,6 +462,7 @@ def make_train_chunk(
     own glimpse path), so a step sees ``batch_size * rollouts_per_image`` episodes; on a
     generated task each copy of a digit gets a canvas of its own. ``advantage="leave_one_out"``
     (``losses.hybrid_loss``) compares each episode with the other episodes of its image.
+    ``num_mean_episodes`` of each step's episodes follow the policy mean (``make_loss_fn``).
     """
     train_step = make_train_step(
         model,
@@ -452,6 +474,7 @@ def make_train_chunk(
         dropout_rate=dropout_rate,
         advantage=advantage,
         group_size=rollouts_per_image,
+        num_mean_episodes=num_mean_episodes,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -734,6 +757,7 @@ def train_and_evaluate(
                 reward=config.reward,
                 dropout_rate=config.dropout,
                 advantage=config.advantage,
+                num_mean_episodes=mean_episodes_per_batch(config),
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

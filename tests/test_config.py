@@ -446,3 +446,33 @@ def test_learned_ram_recipe_names_an_unknown_field():
 def test_learned_ram_recipe_is_validated():
     with pytest.raises(ValueError, match="location_range must be in"):
         apply_learned_ram_recipe(default_config(), location_range=1.5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"mean_episode_fraction": -0.1}, r"mean_episode_fraction must be in \[0, 1\)"),
+        ({"mean_episode_fraction": 1.0}, r"mean_episode_fraction must be in \[0, 1\)"),
+        ({"mean_episode_fraction": 0.25, "policy": "random"}, "learned policy"),
+        ({"mean_episode_fraction": 0.25, "model": "fc"}, "learned policy"),
+        (
+            {"mean_episode_fraction": 0.25, "rollouts_per_image": 2},
+            "needs rollouts_per_image == 1",
+        ),
+    ],
+)
+def test_mean_episode_fraction_rejects(fields, match):
+    config = default_config()
+    config.update(fields)
+    with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "batch", "expected"), [(0.0, 64, 0), (0.25, 256, 64), (0.3, 10, 3)]
+)
+def test_mean_episodes_per_batch(fraction, batch, expected):
+    config = default_config()
+    config.update({"mean_episode_fraction": fraction, "batch_size": batch})
+    validate_config(config)
+    assert train.mean_episodes_per_batch(config) == expected

@@ -460,3 +460,70 @@ def test_rollout_dropout_is_keyed_and_changes_the_episode(core, mode):
     assert not np.allclose(a.logits, plain.logits)
     assert not np.allclose(a.baselines, plain.baselines)
     assert not np.allclose(a.logits, c.logits)
+
+
+# ------------------------------------------------------------------------------------------
+# Mean episodes among sampled ones (training option ``mean_episode_fraction``)
+
+
+@pytest.mark.parametrize("num_mean", [1, 3, B])
+def test_mean_episodes_are_the_deterministic_ones_and_the_rest_unchanged(rnn, num_mean):
+    model, params = rnn
+    images, key = make_images(), jax.random.key(5)
+    mixed = _np(rollout(model, params, images, key, SPEC, num_mean_episodes=num_mean))
+    sampled = _np(rollout(model, params, images, key, SPEC, mode="sample"))
+    mean = _np(rollout(model, params, images, key, SPEC, mode="mean"))
+    # locations, means, log_probs, baselines are time-major; logits are [B, K].
+    batch_axes = (1, 1, 1, 1, 0)
+    for got, want_sampled, want_mean, batch_axis in zip(
+        mixed, sampled, mean, batch_axes, strict=True
+    ):
+        head = np.take(got, range(num_mean), axis=batch_axis)
+        tail = np.take(got, range(num_mean, B), axis=batch_axis)
+        np.testing.assert_allclose(
+            head, np.take(want_mean, range(num_mean), axis=batch_axis), rtol=1e-6, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            tail, np.take(want_sampled, range(num_mean, B), axis=batch_axis), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_zero_mean_episodes_is_the_plain_sampled_rollout(rnn):
+    model, params = rnn
+    images, key = make_images(), jax.random.key(5)
+    a = _np(rollout(model, params, images, key, SPEC, num_mean_episodes=0))
+    b = _np(rollout(model, params, images, key, SPEC))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_mean_episodes_give_reinforce_no_gradient(rnn):
+    # d log N(x; m, s) / dm = (x - m) / s^2 vanishes where the episode followed the mean.
+    model, params = rnn
+    images, key = make_images(), jax.random.key(5)
+    advantages = jax.random.normal(jax.random.key(6), (SPEC.num_glimpses - 1, B))
+
+    def surrogate(p, num_mean):
+        traj = rollout(model, p, images, key, SPEC, num_mean_episodes=num_mean)
+        return -(advantages * traj.log_probs).sum()
+
+    all_mean = jax.grad(surrogate)(params, B)["location_net"]
+    some_sampled = jax.grad(surrogate)(params, 2)["location_net"]
+    assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(all_mean))
+    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(some_sampled))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_mean_episodes": -1}, r"in \[0, batch size 4\]"),
+        ({"num_mean_episodes": B + 1}, r"in \[0, batch size 4\]"),
+        ({"num_mean_episodes": 1.5}, "must be an int"),
+        ({"num_mean_episodes": True}, "must be an int"),
+        ({"num_mean_episodes": 2, "mode": "mean"}, "applies to sampled episodes"),
+    ],
+)
+def test_mean_episodes_rejects(rnn, kwargs, match):
+    model, params = rnn
+    with pytest.raises(ValueError, match=match):
+        rollout(model, params, make_images(), jax.random.key(0), SPEC, **kwargs)
