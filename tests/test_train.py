@@ -946,3 +946,21 @@ def test_location_lr_scale_scales_only_the_policy_updates():
 def test_location_lr_scale_needs_a_location_network():
     with pytest.raises(ValueError, match="no parameters named 'location_net'"):
         scale_subtree(2.0, "location_net").init({"dense": {"kernel": jnp.ones(2)}})
+
+
+def test_mean_episode_fraction_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["num_mean_episodes"])
+        raise Built  # the wiring is all this test needs
+
+    monkeypatch.setattr(train_module, "make_train_chunk", recording)
+    for fraction in (0.0, 0.25):
+        config = small_config(num_epochs=1, warmup_epochs=0, mean_episode_fraction=fraction)
+        with pytest.raises(Built):
+            train_and_evaluate(config, tmp_path / f"f{fraction}", datasets=small_data)
+    assert seen == [0, 16]  # a quarter of the batch of 64
