@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from ram_jax import flops, train
+from ram_jax import rollout as rollout_module
 from ram_jax.config import default_config
 from ram_jax.losses import hybrid_loss
 from ram_jax.networks import RAM
@@ -322,10 +323,14 @@ def test_gradient_of_full_size_model_is_just_under_three_forwards():
     assert 2.9 < ratio < 3.0
 
 
-def test_xla_under_counts_the_rollout():
-    """Six glimpses: XLA's estimate is about one glimpse's products (plus elementwise work)."""
+def test_xla_under_counts_the_rollout_as_a_loop(monkeypatch):
+    """Six glimpses in a loop: XLA's estimate is about one glimpse's products (plus elementwise
+    work). Unrolled (the default for short episodes), it sees every glimpse."""
     model, params, images, spec = full_size_rnn()
     args = (model, params, images, jax.random.key(2), spec)
     exact = flops.jaxpr_flops(rollout, *args)
     assert exact == 2 * flops.ram_flops(default_config()).forward
+    assert exact <= flops.xla_cost_flops(rollout, *args) < 1.1 * exact
+    monkeypatch.setattr(rollout_module, "MAX_UNROLLED_GLIMPSES", 0)
+    assert flops.jaxpr_flops(rollout, *args) == exact  # the same count either way
     assert 0 < flops.xla_cost_flops(rollout, *args) < exact / 3

@@ -527,3 +527,29 @@ def test_mean_episodes_rejects(rnn, kwargs, match):
     model, params = rnn
     with pytest.raises(ValueError, match=match):
         rollout(model, params, make_images(), jax.random.key(0), SPEC, **kwargs)
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("mode", ["sample", "mean"])
+def test_unrolled_episode_equals_the_loop(core, mode, monkeypatch):
+    # Short episodes run unrolled (rollout.MAX_UNROLLED_GLIMPSES): the same computation.
+    from ram_jax import rollout as rollout_module
+
+    model, params = make_model(core)
+    images, key = make_images(), jax.random.key(7)
+
+    def episode():
+        # A fresh function each time: jit would reuse a trace made under the other setting.
+        fn = lambda p, x, k: rollout(model, p, x, k, SPEC, mode=mode)
+        eqns = jax.make_jaxpr(fn)(params, images, key).eqns
+        (scan,) = [e for e in eqns if e.primitive.name == "scan"]
+        return scan.params["unroll"], _np(jax.jit(fn)(params, images, key))
+
+    assert SPEC.num_glimpses <= rollout_module.MAX_UNROLLED_GLIMPSES
+    unroll, unrolled = episode()
+    assert unroll == SPEC.num_glimpses
+    monkeypatch.setattr(rollout_module, "MAX_UNROLLED_GLIMPSES", SPEC.num_glimpses - 1)
+    unroll, loop = episode()
+    assert unroll == 1
+    for x, y in zip(unrolled, loop, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
