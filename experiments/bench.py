@@ -24,8 +24,8 @@ jaxpr count of what the timed programs actually run (autodiff skips a few input 
 
 Beside the n=2048 matmul (the hardware's rate), each batch size gets the rate of 20 chained
 ``batch x 256 @ 256 x 256`` products (``layer_matmul_flops_per_s``): the shape of the core's
-product, so the rate the step's dense layers can reach. ``ratio_to_layer_matmul`` compares the
-step with it.
+product, run as a loop of bare products. ``ratio_to_layer_matmul`` compares the step with it (a
+step can beat it: its episode is unrolled, and XLA:CPU pays a cost per loop iteration).
 
 On the CPU the steps run with Eigen's products (``ram_jax.cpu_dots``: faster for their small
 shapes), while XLA's default library, YNNPACK, multiplies the n=2048 matrices faster. So the
@@ -205,8 +205,9 @@ def layer_matmul_flops_per_s(batch_size: int, repeats: int = 10, chain: int = 20
     """Best FLOP/s of ``chain`` dependent float32 ``batch x 256 @ 256 x 256`` products.
 
     The training step is a chain of such small products, one glimpse after another, so this
-    is the rate its dense layers can reach on this device; the n=2048 matmul is the ceiling of
-    the hardware. Chained in one jitted loop so that dispatch does not count.
+    is their rate on this device when run as a loop (the step's unrolled episode can beat it:
+    XLA:CPU pays a cost per loop iteration); the n=2048 matmul is the ceiling of the hardware.
+    Chained in one jitted loop so that dispatch does not count.
     """
     x_key, w_key = jax.random.split(jax.random.key(1))
     x = jax.random.normal(x_key, (batch_size, LAYER_WIDTH), jnp.float32)

@@ -2,9 +2,9 @@
 
 From jaxlib 0.10 on, XLA:CPU hands each single dot to YNNPACK (its default
 ``--xla_cpu_experimental_ynn_fusion_type=individual_dot``). YNNPACK is the faster library for
-one large product (n=2048 on a 2-core AMD EPYC: 149-163 GFLOP/s against Eigen's 116-132), but
+one large product (n=2048 on a 2-core AMD EPYC: 137-163 GFLOP/s against Eigen's 116-132), but
 RAM's steps are chains of ``batch x 256 @ 256 x 256`` products, and those Eigen runs a third
-faster (133-137 against 97-119 GFLOP/s). On the headline training steps at batch 256 that is
+faster (133-137 against 91-102 GFLOP/s). On the headline training steps at batch 256 that is
 12,081-13,580 against 8,846-11,193 images/s for 28x28 and 6,609-7,560 against 5,323-6,438 for
 60x60 (BUILD_NOTES.md, "Eigen for the small products").
 

@@ -34,8 +34,9 @@ In about ten minutes of wall time on a 2-core CPU (AMD EPYC; 9 min 53 s, 9 min 4
 test 1.19 / 1.25 / 1.24% with one deterministic rollout and 0.49 / 0.53 / 0.60% averaging 10
 (BUILD_NOTES.md, "28x28 in ten minutes"). With ``--config.mean_episode_fraction=0.25
 --config.num_epochs=120`` added (a quarter of each batch's episodes follow the policy mean),
-seed 0 gave validation 1.11%, test 1.14% / 0.46% in 10 min 5 s (BUILD_NOTES.md, "28x28 in ten
-minutes: Eigen's products and mean episodes").
+seed 0 gave validation 1.11%, test 1.14% / 0.46% in 10 min 5 s; with the glimpse loop unrolled
+too (since ab78a8b), seeds 0 / 1 gave 1.17 / 1.26% and 0.51 / 0.58% in 8 min 46 s / 9 min 18 s
+(BUILD_NOTES.md, "28x28 in ten minutes: Eigen's products and mean episodes").
 """
 
 import ml_collections
