@@ -44,11 +44,6 @@ def jaxlib_version() -> tuple[int, ...]:
     return tuple(parts)
 
 
-def dot_library_flag_set() -> bool:
-    """Whether ``XLA_FLAGS`` already chooses the library for CPU dots."""
-    return DOT_LIBRARY_FIELD in os.environ.get("XLA_FLAGS", "")
-
-
 def eigen_dots_requested() -> bool:
     """Whether ``XLA_FLAGS`` asks for Eigen dots (in effect if it did so before XLA started)."""
     return EIGEN_DOTS_FLAG in os.environ.get("XLA_FLAGS", "").split()
@@ -59,10 +54,6 @@ def use_eigen_dots() -> bool:
 
     Returns whether ``XLA_FLAGS`` now asks for Eigen dots (also when it already did).
     """
-    if (
-        not dot_library_flag_set()
-        and not xla_workarounds.xla_started()
-        and jaxlib_version() >= MIN_JAXLIB
-    ):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGEN_DOTS_FLAG}".strip()
-    return eigen_dots_requested()
+    if jaxlib_version() < MIN_JAXLIB:
+        return eigen_dots_requested()
+    return xla_workarounds.add_flag_before_start(DOT_LIBRARY_FIELD, EIGEN_DOTS_FLAG)

@@ -31,9 +31,12 @@ def xla_started() -> bool:
     return True if started is None else bool(started())
 
 
-def scheduler_flag_set() -> bool:
-    """Whether ``XLA_FLAGS`` says anything about the CPU scheduler (the user's choice wins)."""
-    return SCHEDULER_FIELD in os.environ.get("XLA_FLAGS", "")
+def add_flag_before_start(field: str, flag: str) -> bool:
+    """Appends ``flag`` to ``XLA_FLAGS`` unless it already names ``field`` (the user's choice
+    wins) or XLA has started (too late to take effect). Returns whether ``flag`` is now there."""
+    if field not in os.environ.get("XLA_FLAGS", "") and not xla_started():
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    return flag in os.environ.get("XLA_FLAGS", "").split()
 
 
 def avoid_replicate_deadlock() -> bool:
@@ -43,6 +46,4 @@ def avoid_replicate_deadlock() -> bool:
     has started (too late to take effect). Returns whether ``XLA_FLAGS`` now turns it off. Call
     it before the first JAX computation (``train_and_evaluate`` does, for runs of several seeds).
     """
-    if not scheduler_flag_set() and not xla_started():
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHEDULER_FLAG}".strip()
-    return SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "").split()
+    return add_flag_before_start(SCHEDULER_FIELD, SCHEDULER_FLAG)
