@@ -55,17 +55,28 @@ from absl import app, flags, logging
 from ram_jax import cpu_dots, evaluation, train
 from ram_jax.config import default_config, validate_config
 from ram_jax.flops import TRAIN_FORWARD_MULTIPLE, jaxpr_flops, ram_flops
+from ram_jax.tasks import get_task
 
-# Task-independent fields overridden per headline config, and the synthetic image side.
-HEADLINE_CONFIGS: dict[str, dict[str, int]] = {
-    "mnist28": {"image_size": 28, "num_glimpses": 6, "glimpse_size": 8, "glimpse_scales": 1},
+# Fields overridden per headline config, and the synthetic image side. The task only decides
+# whether training canvases arrive with the retina's zero margin (``train.training_image_margin``:
+# generated tasks make them so); the images themselves are always synthetic.
+HEADLINE_CONFIGS: dict[str, dict[str, Any]] = {
+    "mnist28": {
+        "task": "mnist28",
+        "image_size": 28,
+        "num_glimpses": 6,
+        "glimpse_size": 8,
+        "glimpse_scales": 1,
+    },
     "translated60": {
+        "task": "translated60",
         "image_size": 60,
         "num_glimpses": 8,
         "glimpse_size": 12,
         "glimpse_scales": 3,
     },
     "cluttered100": {
+        "task": "cluttered100",
         "image_size": 100,
         "num_glimpses": 8,
         "glimpse_size": 12,
@@ -230,7 +241,7 @@ class TrainSpan(NamedTuple):
     flops: int  # FLOPs of one span as jaxpr_flops counts them (what is executed)
     images: int  # images processed per span
     params: Any  # the initial parameters, reused to time inference on the same model
-    data: train.Dataset  # the synthetic training set, reused as the inference set
+    data: train.Dataset  # the synthetic training set (no margin), reused for inference
 
 
 def _train_span(
@@ -246,6 +257,12 @@ def _train_span(
     optimizer = train.make_optimizer(config, num_steps)
     keys = train.run_keys(config.seed)
     data = synthetic_dataset(keys.data, num_steps * batch_size, image_size, config.num_classes)
+    # A generated task makes each training canvas with the retina's zero margin on the device;
+    # synthetic canvases get it once here, and are not generated (generation is not timed).
+    margin = train.training_image_margin(config, get_task(config.task))
+    train_data = train.Dataset(
+        jnp.pad(data.images, ((0, 0), (margin, margin), (margin, margin))), data.labels
+    )
     # Jitted for the same reason as the dataset: eager init compiles every op separately.
     state = jax.jit(
         lambda key: train.init_train_state(model, spec, optimizer, key, (image_size, image_size))
@@ -261,15 +278,16 @@ def _train_span(
         max_shift=config.train_shift,
         max_rotation_deg=config.train_rotation,
         max_scale=config.train_scale,
+        image_margin=margin,
     )
     epoch, first_step = jnp.int32(0), jnp.int32(0)
     carry = train.LoopCarry(state, jnp.array(-1, jnp.int32))
-    flops = jaxpr_flops(chunk, carry, data, keys.data, keys.step, epoch, first_step)
+    flops = jaxpr_flops(chunk, carry, train_data, keys.data, keys.step, epoch, first_step)
     jitted = jax.jit(chunk)
 
     def run() -> Any:
         nonlocal carry
-        carry, metrics = jitted(carry, data, keys.data, keys.step, epoch, first_step)
+        carry, metrics = jitted(carry, train_data, keys.data, keys.step, epoch, first_step)
         return carry, metrics
 
     return TrainSpan(run, flops, num_steps * batch_size, state.params, data)

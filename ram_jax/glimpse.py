@@ -16,8 +16,9 @@ when ``largest - side`` is odd, the crop sits half a pixel below and right of ce
 average-pooled in ``factor**k`` x ``factor**k`` blocks down to ``size`` x ``size``. Pixels outside
 the image read as zero. Locations outside ``[-1, 1]`` are clipped to it.
 
-The image is padded once per call; under ``jax.vmap`` (``batched_glimpse``) the crop becomes one
-gather of the largest patch per image, and smaller scales are slices of it.
+The image is padded once per call (or made with its padding: ``pad_images``'s ``margin``); under
+``jax.vmap`` (``batched_glimpse``) the crop becomes one gather of the largest patch per image, and
+smaller scales are slices of it.
 """
 
 from __future__ import annotations
@@ -140,13 +141,29 @@ def glimpse(
     )
 
 
-def pad_images(images: jax.Array, *, size: int, scales: int = 1, factor: int = 2) -> jax.Array:
+def pad_images(
+    images: jax.Array, *, size: int, scales: int = 1, factor: int = 2, margin: int = 0
+) -> jax.Array:
     """Zero-pads a batch f32[B, H, W, C] once so that many glimpses can be read from it.
 
-    uint8 images stay uint8 (read as ``x / 255`` by ``glimpse_from_padded``).
+    uint8 images stay uint8 (read as ``x / 255`` by ``glimpse_from_padded``). ``margin``: the
+    images already carry that many zero pixels on every side (``tasks.generate``'s margin), so
+    only the rest is added, or a margin wider than needed is cut back; no copy is made when it is
+    exactly ``glimpse_pad``. The caller vouches that the margin is zero: it is not checked.
     """
-    pad = glimpse_pad(size, scales, factor)
-    return jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin must be an integer >= 0, got {margin!r}")
+    if images.ndim != 4 or min(images.shape[1:3]) <= 2 * margin:
+        raise ValueError(
+            f"expected images (B, H, W, C) with a margin of {margin} zero pixels on each side, "
+            f"got shape {tuple(images.shape)}"
+        )
+    extra = glimpse_pad(size, scales, factor) - margin
+    if extra < 0:
+        return images[:, -extra:extra, -extra:extra]
+    if extra == 0:
+        return images
+    return jnp.pad(images, ((0, 0), (extra, extra), (extra, extra), (0, 0)))
 
 
 def glimpse_from_padded(

@@ -166,6 +166,7 @@ def rollout(
     mode: str = "sample",
     dropout_rate: float = 0.0,
     num_mean_episodes: int = 0,
+    image_margin: int = 0,
 ) -> Trajectory:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
@@ -185,6 +186,9 @@ def rollout(
         many images of the batch get the deterministic episode instead (centre first, then the
         policy mean, as ``"mean"`` mode), the rest are sampled as usual. Their log-densities are
         taken at the mean, so REINFORCE gets no gradient from them (``(x - mean) / std^2 = 0``).
+      image_margin: the images come with this many zero pixels around the canvas on every side
+        (``tasks.generate``'s ``margin``): locations refer to the canvas inside, and the retina
+        pads only what the margin lacks (none when it equals ``glimpse.glimpse_pad``).
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
@@ -198,6 +202,10 @@ def rollout(
     if images.dtype != jnp.uint8:
         images = images.astype(jnp.float32)
     batch, height, width, _ = images.shape
+    padded = retina.pad_images(
+        images, size=spec.size, scales=spec.scales, factor=spec.factor, margin=image_margin
+    )
+    height, width = height - 2 * image_margin, width - 2 * image_margin
     if isinstance(num_mean_episodes, bool) or not isinstance(num_mean_episodes, int):
         raise ValueError(f"num_mean_episodes must be an int, got {num_mean_episodes!r}")
     if not 0 <= num_mean_episodes <= batch:
@@ -209,8 +217,9 @@ def rollout(
             "num_mean_episodes applies to sampled episodes of a learned policy, not to mode "
             f"{mode!r} with policy {spec.policy!r}"
         )
-    retina.validate_retina(images.shape[1:], size=spec.size, scales=spec.scales, factor=spec.factor)
-    padded = retina.pad_images(images, size=spec.size, scales=spec.scales, factor=spec.factor)
+    retina.validate_retina(
+        (height, width, images.shape[-1]), size=spec.size, scales=spec.scales, factor=spec.factor
+    )
     variables = {"params": params}
     first_key, step_keys = jax.random.split(key, 2)
     step_keys = jax.random.split(step_keys, spec.num_glimpses)

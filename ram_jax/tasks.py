@@ -8,9 +8,13 @@
   each placed at a uniformly random position fully inside the canvas.
 
 Combination rule: the digit and all pieces are ADDED, and the total is clipped to [0, 1] once.
-Images stay uint8 here, so the sum is taken in int32 and clipped to 255 before the cast back,
-which is the same as add-then-clip on ``x / 255``. Since the clip is applied once to the total,
-the order in which the pieces are added does not matter.
+Images stay uint8 here: each piece is added in int32 and clipped to 255 before the cast back.
+Every addend is non-negative, so clipping after each addition gives the same bytes as clipping
+the total once (add-then-clip on ``x / 255``), and the order of the pieces does not matter.
+
+``margin`` writes each canvas already surrounded by that many zero pixels on every side: the
+retina reads glimpses from a zero-padded canvas, and a canvas made with its margin saves the
+training step a padding copy of every image (``rollout``'s ``image_margin``).
 
 Only integer randomness (``jax.random.randint``) is used, so a key gives the same bytes on every
 platform. Every example draws from its own key, which is what makes ``fixed_set`` independent of
@@ -118,7 +122,7 @@ def _check_inputs(spec: TaskSpec, digits: jax.Array, sources: jax.Array) -> None
 
 
 def _generate_each(
-    keys: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array
+    keys: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array, margin: int = 0
 ) -> tuple[jax.Array, Placement]:
     """``generate`` with one key per example: keys [B], digits uint8[B, 28, 28]."""
     height, width = spec.image_shape
@@ -132,29 +136,28 @@ def _generate_each(
         piece_sources = jax.random.randint(k_source, (pieces,), 0, max(sources.shape[0], 1))
         piece_crops = jax.random.randint(k_crop, (pieces, 2), 0, DIGIT - size + 1)
 
-        # int32 so the sum can exceed 255 until the single clip at the end.
-        canvas = jnp.zeros((height, width), jnp.int32)
-        canvas = jax.lax.dynamic_update_slice(canvas, digit.astype(jnp.int32), tuple(digit_offset))
+        canvas = jnp.zeros((height + 2 * margin, width + 2 * margin), jnp.uint8)
+        canvas = jax.lax.dynamic_update_slice(canvas, digit, tuple(digit_offset + margin))
 
         def add_piece(p: int, canvas: jax.Array) -> jax.Array:
             source = (piece_sources[p], piece_crops[p, 0], piece_crops[p, 1])
             piece = jax.lax.dynamic_slice(sources, source, (1, size, size))[0]
-            at = (piece_offsets[p, 0], piece_offsets[p, 1])
+            at = (piece_offsets[p, 0] + margin, piece_offsets[p, 1] + margin)
             under = jax.lax.dynamic_slice(canvas, at, (size, size))
-            return jax.lax.dynamic_update_slice(canvas, under + piece.astype(jnp.int32), at)
+            total = jnp.minimum(under.astype(jnp.int32) + piece.astype(jnp.int32), 255)
+            return jax.lax.dynamic_update_slice(canvas, total.astype(jnp.uint8), at)
 
         # One canvas per example, updated piece by piece: memory stays O(H * W), not O(P * H * W).
         if pieces:  # the body is traced even for zero trips, and would index empty arrays
             canvas = jax.lax.fori_loop(0, pieces, add_piece, canvas)
-        image = jnp.minimum(canvas, 255).astype(jnp.uint8)
-        return image, Placement(digit_offset, piece_offsets, piece_sources, piece_crops)
+        return canvas, Placement(digit_offset, piece_offsets, piece_sources, piece_crops)
 
     return jax.vmap(one)(keys, digits)
 
 
-@functools.partial(jax.jit, static_argnames="spec")
+@functools.partial(jax.jit, static_argnames=("spec", "margin"))
 def generate(
-    key: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array
+    key: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array, margin: int = 0
 ) -> tuple[jax.Array, Placement]:
     """Builds one batch of task images around ``digits``.
 
@@ -164,21 +167,29 @@ def generate(
       digits: uint8[B, 28, 28], the digits to place (labels are unchanged: image i holds digit i).
       sources: uint8[N, 28, 28], digits that clutter pieces are cut from (N >= 1 if the task has
         clutter; unused otherwise).
+      margin: zero pixels around every image, on each side (static; not part of the canvas:
+        placements stay relative to the canvas, and the bytes inside are those of margin 0).
 
     Returns:
-      images: uint8[B, H, W] with (H, W) = ``spec.image_shape``.
+      images: uint8[B, H + 2 * margin, W + 2 * margin] with (H, W) = ``spec.image_shape``.
       placement: what was drawn (``Placement``). For ``canvas == 0`` the images are ``digits``
-        unchanged, ``digit_offsets`` is zeros and the piece fields have P = 0.
+        (zero-padded by ``margin``), ``digit_offsets`` is zeros and the piece fields have P = 0.
     """
     _check_inputs(spec, digits, sources)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin must be an integer >= 0, got {margin!r}")
     if not spec.generated:
-        return digits, _no_placement(spec, digits.shape[0])
-    return _generate_each(jax.random.split(key, digits.shape[0]), spec, digits, sources)
+        padded = jnp.pad(digits, ((0, 0), (margin, margin), (margin, margin)))
+        return padded, _no_placement(spec, digits.shape[0])
+    return _generate_each(jax.random.split(key, digits.shape[0]), spec, digits, sources, margin)
 
 
-def make_batch(key: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array) -> jax.Array:
-    """The images of ``generate``: uint8[B, H, W]; called by the training step with fresh keys."""
-    return generate(key, spec, digits, sources)[0]
+def make_batch(
+    key: jax.Array, spec: TaskSpec, digits: jax.Array, sources: jax.Array, margin: int = 0
+) -> jax.Array:
+    """The images of ``generate``: uint8[B, H + 2 * margin, W + 2 * margin]; called by the
+    training step with fresh keys."""
+    return generate(key, spec, digits, sources, margin)[0]
 
 
 def _split_id(split: str) -> int:

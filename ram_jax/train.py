@@ -31,6 +31,7 @@ from ram_jax import checkpoint, evaluation, parallel, xla_workarounds
 from ram_jax.augment import random_affine, random_shift
 from ram_jax.baselines import Convolutional, FullyConnected, classifier_loss
 from ram_jax.config import config_differences, config_from_saved, validate_config
+from ram_jax.glimpse import glimpse_pad
 from ram_jax.losses import LossWeights, hybrid_loss
 from ram_jax.networks import RAM
 from ram_jax.progress import Progress, format_seconds
@@ -317,6 +318,18 @@ def mean_episodes_per_batch(config: ml_collections.ConfigDict) -> int:
     return round(config.mean_episode_fraction * config.batch_size)
 
 
+def training_image_margin(config: ml_collections.ConfigDict, task: TaskSpec) -> int:
+    """The zero margin a generated task's training canvases are made with: the retina's own
+    padding (``glimpse.glimpse_pad``) for RAM, so the step reads glimpses without copying each
+    canvas into a padded one (on 100x100 canvases and 96-pixel patches the padded canvas has four
+    times the pixels). 0 for the baselines, for the 28x28 digits (kept as they are on the
+    device), and with ``train_shift`` (a shift would move pixels into the margin).
+    """
+    if config.model != "ram" or not task.generated or config.train_shift:
+        return 0
+    return glimpse_pad(config.glimpse_size, config.glimpse_scales, config.glimpse_factor)
+
+
 def make_loss_fn(
     model: Model,
     spec: RolloutSpec,
@@ -328,6 +341,7 @@ def make_loss_fn(
     advantage: str = "learned_baseline",
     group_size: int = 1,
     num_mean_episodes: int = 0,
+    image_margin: int = 0,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -339,9 +353,12 @@ def make_loss_fn(
     ``advantage`` and ``group_size`` (episodes per image, consecutive) go to ``hybrid_loss``.
     ``num_mean_episodes`` of the batch's episodes follow the policy mean instead of sampling
     (``rollout``'s argument): the classifier trains on the test-time episode at no extra cost.
-    Baselines: cross-entropy only.
+    ``image_margin``: the images come with that many zero pixels around them (``rollout``'s
+    argument). Baselines: cross-entropy only, on images without a margin.
     """
     if not isinstance(model, RAM):
+        if image_margin:
+            raise ValueError(f"{type(model).__name__} reads whole images: image_margin must be 0")
 
         def baseline_loss(params, images, labels, key):
             del key  # no randomness in a feed-forward classifier
@@ -360,13 +377,21 @@ def make_loss_fn(
             mode="sample",
             dropout_rate=dropout_rate,
             num_mean_episodes=num_mean_episodes,
+            image_margin=image_margin,
         )
         loss, metrics = hybrid_loss(
             traj, labels, weights, reward=reward, advantage=advantage, group_size=group_size
         )
         if mean_rollout_weight > 0:
             mean_logits = rollout(
-                model, params, images, key, spec, mode="mean", dropout_rate=dropout_rate
+                model,
+                params,
+                images,
+                key,
+                spec,
+                mode="mean",
+                dropout_rate=dropout_rate,
+                image_margin=image_margin,
             ).logits
             mean_ce = optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels).mean()
             loss = loss + mean_rollout_weight * mean_ce
@@ -389,6 +414,7 @@ def make_train_step(
     advantage: str = "learned_baseline",
     group_size: int = 1,
     num_mean_episodes: int = 0,
+    image_margin: int = 0,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
@@ -405,6 +431,7 @@ def make_train_step(
         advantage=advantage,
         group_size=group_size,
         num_mean_episodes=num_mean_episodes,
+        image_margin=image_margin,
     )
 
     def train_step(carry, images, labels, key, global_step):
@@ -446,6 +473,7 @@ def make_train_chunk(
     dropout_rate: float = 0.0,
     advantage: str = "learned_baseline",
     num_mean_episodes: int = 0,
+    image_margin: int = 0,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -463,7 +491,18 @@ def make_train_chunk(
     generated task each copy of a digit gets a canvas of its own. ``advantage="leave_one_out"``
     (``losses.hybrid_loss``) compares each episode with the other episodes of its image.
     ``num_mean_episodes`` of each step's episodes follow the policy mean (``make_loss_fn``).
+    ``image_margin``: every image reaches the step with that many zero pixels on each side
+    (``rollout``'s argument; ``training_image_margin`` gives the one that spares the step its
+    padding copy). A generated task makes its canvases with it; otherwise ``data.images`` must
+    already carry it.
     """
+    if image_margin and max_shift:
+        raise ValueError("image_margin and max_shift: a shift would move digits into the margin")
+    if image_margin and (max_rotation_deg or max_scale) and not (task and task.generated):
+        raise ValueError(
+            "image_margin with turned or scaled digits needs a generated task (the digits are "
+            "turned before they are placed on a canvas)"
+        )
     train_step = make_train_step(
         model,
         spec,
@@ -475,6 +514,7 @@ def make_train_chunk(
         advantage=advantage,
         group_size=rollouts_per_image,
         num_mean_episodes=num_mean_episodes,
+        image_margin=image_margin,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -496,7 +536,9 @@ def make_train_chunk(
                     jax.random.fold_in(key, 3), images, max_rotation_deg, max_scale
                 )
             if task is not None and task.generated:
-                images = make_batch(jax.random.fold_in(key, 2), task, images, data.images)
+                images = make_batch(
+                    jax.random.fold_in(key, 2), task, images, data.images, image_margin
+                )
             if max_shift:
                 # A stream of its own, so runs without shifts keep their keys.
                 images = random_shift(jax.random.fold_in(key, 1), images, max_shift)
@@ -758,6 +800,7 @@ def train_and_evaluate(
                 dropout_rate=config.dropout,
                 advantage=config.advantage,
                 num_mean_episodes=mean_episodes_per_batch(config),
+                image_margin=training_image_margin(config, task),
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -410,3 +410,26 @@ def test_uint8_images_read_as_float_over_255_at_every_scale():
     assert as_bytes.dtype == jnp.float32
     np.testing.assert_allclose(as_bytes, as_float, rtol=1e-6, atol=1e-7)
     assert float(as_bytes.max()) <= 1.0
+
+
+@pytest.mark.parametrize("extra", [-3, -1, 0, 2])
+def test_pad_images_pads_only_what_a_margin_lacks(batch, extra):
+    images, _ = batch
+    kw = dict(size=4, scales=3, factor=2)
+    margin = glimpse_pad(4, 3, 2) + extra
+    framed = jnp.pad(images, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+    got = pad_images(framed, margin=margin, **kw)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(pad_images(images, **kw)))
+    if extra == 0:
+        assert got is framed  # the margin is the padding: nothing is copied
+
+
+def test_pad_images_rejects_a_bad_margin(batch):
+    images, _ = batch  # (5, 20, 36, 3)
+    for margin in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="margin must be an integer >= 0"):
+            pad_images(images, size=4, margin=margin)
+    with pytest.raises(ValueError, match="margin of 10 zero pixels"):
+        pad_images(images, size=4, margin=10)
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        pad_images(images[0], size=4)

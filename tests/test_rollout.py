@@ -410,6 +410,23 @@ def test_images_without_channel_axis(rnn):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("margin", [2, 5, 7])
+def test_image_margin_reads_the_canvas_inside(rnn, margin):
+    # SPEC's largest patch is 8 pixels: the retina pads by 5, so 2 is too little, 7 too much.
+    model, params = rnn
+    images = make_images()
+    framed = jnp.pad(images, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+    key = jax.random.key(6)
+    for mode in ("sample", "mean"):
+        a = _np(rollout(model, params, images, key, SPEC, mode=mode))
+        b = _np(rollout(model, params, framed, key, SPEC, mode=mode, image_margin=margin))
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    # Not declared, the frame is part of the canvas: locations point elsewhere.
+    c = _np(rollout(model, params, framed, key, SPEC, mode="mean"))
+    assert not np.allclose(a.logits, c.logits)
+
+
 def test_bad_images_rejected(rnn):
     model, params = rnn
     key = jax.random.key(0)

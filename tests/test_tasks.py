@@ -296,3 +296,29 @@ def test_fixed_set_placement_of_28x28_is_the_digit_at_the_origin():
     np.testing.assert_array_equal(images, digits)
     np.testing.assert_array_equal(placement.digit_offsets, np.zeros((3, 2)))
     assert placement.piece_offsets.shape == (3, 0, 2)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_margin_frames_the_same_canvas_with_zeros(name):
+    spec = TASKS[name]
+    digits, sources = random_digits(6, 12), random_digits(5, 13)
+    plain, placement = generate(jax.random.key(2), spec, digits, sources)
+    framed, framed_placement = generate(jax.random.key(2), spec, digits, sources, margin=7)
+    plain, framed = np.asarray(plain), np.asarray(framed)
+    height, width = plain.shape[1:]
+    assert framed.shape == (6, height + 14, width + 14) and framed.dtype == np.uint8
+    np.testing.assert_array_equal(framed[:, 7:-7, 7:-7], plain)
+    frame = np.ones(framed.shape, bool)
+    frame[:, 7:-7, 7:-7] = False
+    assert not framed[frame].any()
+    # Placements stay relative to the canvas, not to the framed image.
+    for a, b in zip(placement, framed_placement, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(make_batch(jax.random.key(2), spec, digits, sources, 7), framed)
+
+
+@pytest.mark.parametrize("margin", [-1, 2.0, True])
+def test_bad_margin_raises(margin):
+    spec = TASKS["translated60"]
+    with pytest.raises(ValueError, match="margin must be an integer >= 0"):
+        generate(jax.random.key(0), spec, full(2, 1), full(2, 1), margin=margin)

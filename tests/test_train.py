@@ -670,6 +670,81 @@ def test_train_chunk_turns_and_scales_digits_when_asked(chunk_setup, monkeypatch
     assert not trees_equal(turned, plain)
 
 
+def test_generated_canvases_made_with_the_retina_margin_train_the_same(mnist):
+    config = small_config(batch_size=16, task="cluttered60", glimpse_size=6, glimpse_scales=2)
+    task = train_module.get_task(config.task)
+    margin = train_module.training_image_margin(config, task)
+    assert margin == 7  # the 12-pixel patch: 6 on each side of its centre, and one more
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    optimizer = make_optimizer(config, steps_per_epoch=8)
+    keys = run_keys(0)
+    state = init_train_state(model, spec, optimizer, keys.init, (60, 60))
+    carry = LoopCarry(state, jnp.array(-1, jnp.int32))
+    data = make_dataset(mnist.train_images[:128], mnist.train_labels[:128])
+    made = []
+    original = train_module.make_batch
+
+    def recording(*args):
+        made.append(args[-1])
+        return original(*args)
+
+    def run(image_margin):
+        chunk = make_train_chunk(
+            model,
+            spec,
+            weights,
+            optimizer,
+            batch_size=16,
+            num_steps=3,
+            steps_per_epoch=8,
+            task=task,
+            image_margin=image_margin,
+        )
+        return jax.jit(chunk)(carry, data, keys.data, keys.step, 0, 0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "make_batch", recording)
+        framed, framed_metrics = run(margin)
+        plain, plain_metrics = run(0)
+    assert made == [margin, 0]
+    # The same bytes reach the same glimpses: the same training, to float rounding.
+    chex.assert_trees_all_close(framed.state.params, plain.state.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(framed_metrics, plain_metrics, rtol=1e-6, atol=1e-7)
+    assert not trees_equal(framed.state.params, state.params)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (dict(task="cluttered100", glimpse_size=12, glimpse_scales=4), 49),
+        (dict(task="translated60", glimpse_size=12, glimpse_scales=3), 25),
+        (dict(task="translated60", glimpse_size=12, glimpse_scales=3, train_shift=2), 0),
+        (dict(task="cluttered60", model="conv"), 0),
+        (dict(task="mnist28"), 0),
+    ],
+)
+def test_training_image_margin(overrides, expected):
+    config = small_config(**overrides)
+    task = train_module.get_task(config.task)
+    assert train_module.training_image_margin(config, task) == expected
+
+
+def test_image_margin_refused_where_it_would_change_the_images():
+    config = small_config(batch_size=8)
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    optimizer = make_optimizer(config, steps_per_epoch=4)
+    common = dict(batch_size=8, num_steps=1, steps_per_epoch=4, image_margin=5)
+    with pytest.raises(ValueError, match="shift would move digits into the margin"):
+        make_train_chunk(model, spec, weights, optimizer, max_shift=2, **common)
+    with pytest.raises(ValueError, match="needs a generated task"):
+        make_train_chunk(model, spec, weights, optimizer, max_rotation_deg=10.0, **common)
+    conv = small_config(model="conv")
+    with pytest.raises(ValueError, match="image_margin must be 0"):
+        train_module.make_loss_fn(
+            build_model(conv), rollout_spec(conv), loss_weights(conv), image_margin=5
+        )
+
+
 @pytest.mark.parametrize(
     ("steps_per_epoch", "requested", "expected"),
     [
