@@ -90,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_classes = 10
     # Location policy and loss.
     c.loc_std = 0.1
+    # > 0: training episodes' policy std falls from loc_std to this over the run (a cosine, per
+    # step), and Monte-Carlo evaluation samples with it, the final policy's (not in the paper).
+    c.loc_std_final = 0.0
     # < 1: glimpses are read at location_range * l, inside the central part of the canvas
     # (policy units unchanged; the Torch reproduction's scaling; not in the paper).
     c.location_range = 1.0
@@ -207,6 +210,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
+    _check(
+        config.loc_std_final >= 0,
+        f"loc_std_final must be positive (or 0: std fixed), got {config.loc_std_final!r}",
+    )
     _check(
         isinstance(config.checkpoint_every_s, (int, float))
         and not isinstance(config.checkpoint_every_s, bool)

@@ -119,10 +119,12 @@ class Trajectory(NamedTuple):
     logits: jax.Array
 
 
-def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float) -> jax.Array:
-    """log N(x; mean, std^2 I) summed over the last axis (isotropic, fixed std)."""
+def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float | jax.Array) -> jax.Array:
+    """log N(x; mean, std^2 I) summed over the last axis (isotropic; std a number or a traced
+    scalar)."""
     z = (x - mean) / std
-    per_dim = -0.5 * z**2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+    log_std = math.log(std) if isinstance(std, numbers.Real) else jnp.log(std)
+    per_dim = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
     return per_dim.sum(axis=-1)
 
 
@@ -167,6 +169,7 @@ def rollout(
     dropout_rate: float = 0.0,
     num_mean_episodes: int = 0,
     image_margin: int = 0,
+    loc_std_scale: float | jax.Array = 1.0,
 ) -> Trajectory:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
@@ -189,6 +192,9 @@ def rollout(
       image_margin: the images come with this many zero pixels around the canvas on every side
         (``tasks.generate``'s ``margin``): locations refer to the canvas inside, and the retina
         pads only what the margin lacks (none when it equals ``glimpse.glimpse_pad``).
+      loc_std_scale: ``"sample"`` mode: the policy's std is ``spec.loc_std`` times this, which
+        may be a traced scalar (a training schedule changes it without recompiling). The
+        default 1.0 leaves the traced program exactly as without it.
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
@@ -219,6 +225,13 @@ def rollout(
         )
     retina.validate_retina(
         (height, width, images.shape[-1]), size=spec.size, scales=spec.scales, factor=spec.factor
+    )
+    if isinstance(loc_std_scale, numbers.Real) and not loc_std_scale > 0:
+        raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
+    std = (
+        spec.loc_std
+        if isinstance(loc_std_scale, numbers.Real) and loc_std_scale == 1
+        else (spec.loc_std * loc_std_scale)
     )
     variables = {"params": params}
     first_key, step_keys = jax.random.split(key, 2)
@@ -252,13 +265,13 @@ def rollout(
             sample = jax.random.uniform(step_key, mean.shape, mean.dtype, -1.0, 1.0)
             mean = jax.lax.stop_gradient(sample)
         elif mode == "sample":
-            noise = spec.loc_std * jax.random.normal(step_key, mean.shape, mean.dtype)
+            noise = std * jax.random.normal(step_key, mean.shape, mean.dtype)
             if sampled is not None:
                 noise = jnp.where(sampled, noise, 0.0)
             sample = jax.lax.stop_gradient(mean + noise)
         else:
             sample = jax.lax.stop_gradient(mean)
-        log_prob = gaussian_log_prob(sample, mean, spec.loc_std)
+        log_prob = gaussian_log_prob(sample, mean, std)
         if random_policy:
             log_prob = jnp.zeros_like(log_prob)
         next_loc = jnp.clip(sample, -1.0, 1.0)

@@ -164,12 +164,34 @@ def rollout_spec(config: ml_collections.ConfigDict) -> RolloutSpec:
         size=config.glimpse_size,
         scales=config.glimpse_scales,
         factor=config.glimpse_factor,
-        loc_std=float(config.loc_std),
+        # Evaluation samples with the policy as training leaves it.
+        loc_std=float(config.loc_std_final or config.loc_std),
         location_range=float(config.location_range),
         reinforce_through_core=config.reinforce_through_core,
         random_first_glimpse=config.random_first_glimpse,
         policy=config.policy,
     )
+
+
+def loc_std_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> Callable[[jax.Array], jax.Array] | None:
+    """``scale(global_step)``: the training policy's std over ``rollout_spec``'s, when
+    ``loc_std_final > 0``: the std falls from ``loc_std`` to ``loc_std_final`` along a half
+    cosine over ``num_epochs``, so the scale goes from ``loc_std / loc_std_final`` to 1.
+    None when the std is fixed.
+    """
+    if not config.loc_std_final:
+        return None
+    start, final = float(config.loc_std), float(config.loc_std_final)
+    total = max(1, config.num_epochs * steps_per_epoch)
+
+    def scale(global_step: jax.Array) -> jax.Array:
+        progress = jnp.minimum(global_step / total, 1.0)
+        std = final + (start - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return (std / final).astype(jnp.float32)
+
+    return scale
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
@@ -354,7 +376,8 @@ def make_loss_fn(
     ``num_mean_episodes`` of the batch's episodes follow the policy mean instead of sampling
     (``rollout``'s argument): the classifier trains on the test-time episode at no extra cost.
     ``image_margin``: the images come with that many zero pixels around them (``rollout``'s
-    argument). Baselines: cross-entropy only, on images without a margin.
+    argument). RAM's ``loss_fn`` also takes ``loc_std_scale`` (``rollout``'s argument; a
+    training schedule's). Baselines: cross-entropy only, on images without a margin.
     """
     if not isinstance(model, RAM):
         if image_margin:
@@ -367,7 +390,7 @@ def make_loss_fn(
 
         return baseline_loss
 
-    def ram_loss(params, images, labels, key):
+    def ram_loss(params, images, labels, key, loc_std_scale=1.0):
         traj = rollout(
             model,
             params,
@@ -378,6 +401,7 @@ def make_loss_fn(
             dropout_rate=dropout_rate,
             num_mean_episodes=num_mean_episodes,
             image_margin=image_margin,
+            loc_std_scale=loc_std_scale,
         )
         loss, metrics = hybrid_loss(
             traj, labels, weights, reward=reward, advantage=advantage, group_size=group_size
@@ -415,12 +439,17 @@ def make_train_step(
     group_size: int = 1,
     num_mean_episodes: int = 0,
     image_margin: int = 0,
+    loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
     The loss is ``make_loss_fn``'s. A non-finite loss or gradient leaves the state untouched and
     records ``global_step`` in ``carry.halted_at``; every later step is then a no-op.
+    ``loc_std_schedule`` (RAM; ``train.loc_std_schedule``) maps ``global_step`` to the policy
+    std's scale for that step's episodes.
     """
+    if loc_std_schedule is not None and not isinstance(model, RAM):
+        raise ValueError(f"{type(model).__name__} has no location policy: no loc_std_schedule")
     loss_fn = make_loss_fn(
         model,
         spec,
@@ -436,8 +465,10 @@ def make_train_step(
 
     def train_step(carry, images, labels, key, global_step):
         state = carry.state
+        # No keyword at all without a schedule: the baselines' loss takes none.
+        extra = {} if loc_std_schedule is None else {"loc_std_scale": loc_std_schedule(global_step)}
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, images, labels, key
+            state.params, images, labels, key, **extra
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -474,6 +505,7 @@ def make_train_chunk(
     advantage: str = "learned_baseline",
     num_mean_episodes: int = 0,
     image_margin: int = 0,
+    loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -494,7 +526,7 @@ def make_train_chunk(
     ``image_margin``: every image reaches the step with that many zero pixels on each side
     (``rollout``'s argument; ``training_image_margin`` gives the one that spares the step its
     padding copy). A generated task makes its canvases with it; otherwise ``data.images`` must
-    already carry it.
+    already carry it. ``loc_std_schedule``: ``make_train_step``'s.
     """
     if image_margin and max_shift:
         raise ValueError("image_margin and max_shift: a shift would move digits into the margin")
@@ -515,6 +547,7 @@ def make_train_chunk(
         group_size=rollouts_per_image,
         num_mean_episodes=num_mean_episodes,
         image_margin=image_margin,
+        loc_std_schedule=loc_std_schedule,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -801,6 +834,7 @@ def train_and_evaluate(
                 advantage=config.advantage,
                 num_mean_episodes=mean_episodes_per_batch(config),
                 image_margin=training_image_margin(config, task),
+                loc_std_schedule=loc_std_schedule(config, steps_per_epoch),
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -131,6 +131,7 @@ def test_unknown_field_is_named():
     [
         ("loc_std", 0.0, "loc_std must be positive"),
         ("loc_std", -0.1, "loc_std must be positive"),
+        ("loc_std_final", -0.1, "loc_std_final must be positive"),
         ("checkpoint_every_s", -1.0, "checkpoint_every_s must be a non-negative number"),
         ("batch_size", 0, "batch_size must be a positive integer"),
         ("batch_size", -8, "batch_size must be a positive integer"),

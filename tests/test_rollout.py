@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -425,6 +426,33 @@ def test_image_margin_reads_the_canvas_inside(rnn, margin):
     # Not declared, the frame is part of the canvas: locations point elsewhere.
     c = _np(rollout(model, params, framed, key, SPEC, mode="mean"))
     assert not np.allclose(a.logits, c.logits)
+
+
+def test_loc_std_scale_widens_the_sampled_policy(rnn):
+    model, params = rnn
+    images, key = make_images(), jax.random.key(8)
+    wide = dataclasses.replace(SPEC, loc_std=2 * SPEC.loc_std)
+    expected = _np(rollout(model, params, images, key, wide))
+    # A traced scale, as a training schedule passes it, and a Python number.
+    scaled = jax.jit(lambda scale: rollout(model, params, images, key, SPEC, loc_std_scale=scale))(
+        jnp.float32(2.0)
+    )
+    for x, y in zip(expected, _np(scaled), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+    for x, y in zip(
+        expected, _np(rollout(model, params, images, key, SPEC, loc_std_scale=2.0)), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+    narrow = _np(rollout(model, params, images, key, SPEC, loc_std_scale=0.5))
+    assert not np.allclose(narrow.locations, expected.locations)
+    with pytest.raises(ValueError, match="loc_std_scale must be positive"):
+        rollout(model, params, images, key, SPEC, loc_std_scale=0.0)
+
+
+def test_gaussian_log_prob_takes_a_traced_std():
+    x, mean = jnp.array([[0.3, -0.2]]), jnp.array([[0.1, 0.1]])
+    traced = jax.jit(lambda std: gaussian_log_prob(x, mean, std))(jnp.float32(0.25))
+    np.testing.assert_allclose(traced, gaussian_log_prob(x, mean, 0.25), rtol=1e-6)
 
 
 def test_bad_images_rejected(rnn):

@@ -1023,6 +1023,70 @@ def test_location_lr_scale_needs_a_location_network():
         scale_subtree(2.0, "location_net").init({"dense": {"kernel": jnp.ones(2)}})
 
 
+def test_loc_std_schedule_falls_from_loc_std_to_loc_std_final():
+    assert train_module.loc_std_schedule(small_config(loc_std=0.5), 10) is None
+    config = small_config(loc_std=0.5, loc_std_final=0.25, num_epochs=4)
+    assert rollout_spec(config).loc_std == 0.25  # Monte-Carlo evaluation: the final policy
+    scale = train_module.loc_std_schedule(config, steps_per_epoch=10)
+    steps = jnp.array([0, 20, 40, 400])
+    # std = 0.25 + 0.25 * (1 + cos(pi * step / 40)) / 2, over 0.25.
+    np.testing.assert_allclose(scale(steps), [2.0, 1.5, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(scale(jnp.array(10)), 1 + (1 + np.cos(np.pi / 4)) / 2, rtol=1e-6)
+
+
+def test_loc_std_schedule_reaches_the_episodes(mnist):
+    config = small_config(batch_size=16, loc_std=0.1, warmup_epochs=0)  # step 0 moves
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    wide_spec = rollout_spec(small_config(batch_size=16, loc_std=0.3))
+    optimizer = make_optimizer(config, steps_per_epoch=8)
+    state = init_train_state(model, spec, optimizer, run_keys(0).init, (28, 28))
+    carry = LoopCarry(state, jnp.array(-1, jnp.int32))
+    images = jnp.asarray(mnist.train_images[:16])
+    labels = jnp.asarray(np.asarray(mnist.train_labels[:16], np.int32))
+    key, step = jax.random.key(3), jnp.int32(5)
+    seen = []
+
+    def schedule(global_step):
+        seen.append(global_step)
+        return jnp.float32(3.0)
+
+    scheduled = make_train_step(model, spec, weights, optimizer, loc_std_schedule=schedule)
+    wide = make_train_step(model, wide_spec, weights, optimizer)
+    got, got_metrics = jax.jit(scheduled)(carry, images, labels, key, step)
+    want, want_metrics = jax.jit(wide)(carry, images, labels, key, step)
+    assert len(seen) == 1
+    chex.assert_trees_all_close(got.state.params, want.state.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got_metrics, want_metrics, rtol=1e-5, atol=1e-6)
+    plain, _ = jax.jit(make_train_step(model, spec, weights, optimizer))(
+        carry, images, labels, key, step
+    )
+    assert not trees_equal(plain.state.params, got.state.params)
+    conv = small_config(model="conv")
+    with pytest.raises(ValueError, match="no location policy"):
+        make_train_step(
+            build_model(conv), None, loss_weights(conv), optimizer, loc_std_schedule=schedule
+        )
+
+
+def test_loc_std_final_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["loc_std_schedule"])
+        raise Built
+
+    monkeypatch.setattr(train_module, "make_train_chunk", recording)
+    for final in (0.0, 0.05):
+        config = small_config(num_epochs=2, warmup_epochs=0, loc_std=0.1, loc_std_final=final)
+        with pytest.raises(Built):
+            train_and_evaluate(config, tmp_path / f"f{final}", datasets=small_data)
+    assert seen[0] is None
+    np.testing.assert_allclose(seen[1](jnp.array(0)), 2.0, rtol=1e-6)
+
+
 def test_mean_episode_fraction_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
     class Built(Exception):
         pass
