@@ -273,6 +273,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"model {config.model!r} with policy {config.policy!r}",
     )
     _check(
+        config.loc_std_final == 0 or (config.model == "ram" and config.policy == "learned"),
+        "loc_std_final applies to RAM with a learned policy, not "
+        f"model {config.model!r} with policy {config.policy!r}",
+    )
+    _check(
         config.mean_episode_fraction == 0 or config.rollouts_per_image == 1,
         "mean_episode_fraction needs rollouts_per_image == 1 (the episodes of one image are "
         f"compared with each other), got {config.rollouts_per_image}",

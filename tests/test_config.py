@@ -456,13 +456,15 @@ def test_learned_ram_recipe_is_validated():
         ({"mean_episode_fraction": 1.0}, r"mean_episode_fraction must be in \[0, 1\)"),
         ({"mean_episode_fraction": 0.25, "policy": "random"}, "learned policy"),
         ({"mean_episode_fraction": 0.25, "model": "fc"}, "learned policy"),
+        ({"loc_std_final": 0.05, "model": "conv"}, "loc_std_final applies to RAM"),
+        ({"loc_std_final": 0.05, "policy": "random"}, "loc_std_final applies to RAM"),
         (
             {"mean_episode_fraction": 0.25, "rollouts_per_image": 2},
             "needs rollouts_per_image == 1",
         ),
     ],
 )
-def test_mean_episode_fraction_rejects(fields, match):
+def test_policy_training_options_reject(fields, match):
     config = default_config()
     config.update(fields)
     with pytest.raises(ValueError, match=match):
