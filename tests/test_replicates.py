@@ -394,8 +394,11 @@ def test_train_and_evaluate_on_translated60(tmp_path, seen_shapes, monkeypatch):
     results = train_and_evaluate(config, tmp_path, datasets=data)
     # One jitted span per epoch, told the task, fed the 28x28 digits ...
     assert [(c["task"], c["num_steps"], c["batch_size"]) for c in chunks] == [(task, 10, 64)]
-    # ... and the RAM read 60x60 canvases made from them (traced once).
-    assert seen_shapes == [((64, 60, 60), "uint8")]
+    # ... and the RAM read 60x60 canvases made from them, framed by the retina's zero margin
+    # (traced once).
+    margin = train_module.training_image_margin(config, task)
+    assert margin > 0 and chunks[0]["image_margin"] == margin
+    assert seen_shapes == [((64, 60 + 2 * margin, 60 + 2 * margin), "uint8")]
     assert results["task"] == "translated60"
     assert results["epochs"] == 1
     for name in ("val_error_pct", "test_error_pct", "test_error_mc_pct"):
