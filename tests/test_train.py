@@ -1068,38 +1068,40 @@ def test_loc_std_schedule_reaches_the_episodes(mnist):
         )
 
 
-def test_loc_std_final_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
+def chunk_arguments(configs, datasets, tmp_path, monkeypatch) -> list[dict]:
+    """The keyword arguments ``train_and_evaluate`` builds its training chunk with, per config
+    (the run stops there: the wiring is all these tests need)."""
+
     class Built(Exception):
         pass
 
     seen = []
 
     def recording(*args, **kwargs):
-        seen.append(kwargs["loc_std_schedule"])
+        seen.append(kwargs)
         raise Built
 
     monkeypatch.setattr(train_module, "make_train_chunk", recording)
-    for final in (0.0, 0.05):
-        config = small_config(num_epochs=2, warmup_epochs=0, loc_std=0.1, loc_std_final=final)
+    for i, config in enumerate(configs):
         with pytest.raises(Built):
-            train_and_evaluate(config, tmp_path / f"f{final}", datasets=small_data)
-    assert seen[0] is None
-    np.testing.assert_allclose(seen[1](jnp.array(0)), 2.0, rtol=1e-6)
+            train_and_evaluate(config, tmp_path / f"run{i}", datasets=datasets)
+    return seen
+
+
+def test_loc_std_final_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
+    configs = [
+        small_config(num_epochs=2, warmup_epochs=0, loc_std=0.1, loc_std_final=final)
+        for final in (0.0, 0.05)
+    ]
+    fixed, falling = chunk_arguments(configs, small_data, tmp_path, monkeypatch)
+    assert fixed["loc_std_schedule"] is None
+    np.testing.assert_allclose(falling["loc_std_schedule"](jnp.array(0)), 2.0, rtol=1e-6)
 
 
 def test_mean_episode_fraction_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
-    class Built(Exception):
-        pass
-
-    seen = []
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["num_mean_episodes"])
-        raise Built  # the wiring is all this test needs
-
-    monkeypatch.setattr(train_module, "make_train_chunk", recording)
-    for fraction in (0.0, 0.25):
-        config = small_config(num_epochs=1, warmup_epochs=0, mean_episode_fraction=fraction)
-        with pytest.raises(Built):
-            train_and_evaluate(config, tmp_path / f"f{fraction}", datasets=small_data)
-    assert seen == [0, 16]  # a quarter of the batch of 64
+    configs = [
+        small_config(num_epochs=1, warmup_epochs=0, mean_episode_fraction=fraction)
+        for fraction in (0.0, 0.25)
+    ]
+    seen = chunk_arguments(configs, small_data, tmp_path, monkeypatch)
+    assert [kwargs["num_mean_episodes"] for kwargs in seen] == [0, 16]  # a quarter of 64
