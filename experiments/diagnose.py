@@ -17,6 +17,11 @@ centre to the centre of the digit's 28x28 square (the larger of the row and colu
 - ``tracking``: per glimpse and axis (y, x), the slope and correlation of the glimpse centre on
   the digit's centre across images (1 and 1: it looks straight at the digit; slope 0: it ignores
   where the digit is; ``ram_jax.evaluation.glimpse_tracking``).
+- ``averaging``: one sampled rollout against the average of several
+  (``ram_jax.evaluation.averaging_curve``): ``single_pct`` (mean over ``--mc_samples`` draws,
+  ``single_std_pct`` their spread) and ``averaged_pct`` (entry k - 1 averages the first k
+  draws; the last is the run's MC figure for the split, drawn with its key). With
+  ``--mc_std_scale`` near 0 (0.001) the draws differ only in their random first glimpse.
 
 On 28x28 MNIST every digit sits at the centre (offset 0). Select on ``validation``; ``test`` is
 there to describe a model already chosen.
@@ -42,6 +47,7 @@ from ram_jax.train import (
     describe_device,
     fixed_canvases,
     init_train_state,
+    mc_eval_keys,
     params_file,
     rollout_spec,
     run_keys,
@@ -51,6 +57,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir of a RAM (ho
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Which fixed split.")
 _RADII = flags.DEFINE_list("radii", ["4", "8", "12"], "Distances in pixels for the 'near' table.")
 _REPLICATE = flags.DEFINE_integer("replicate", 0, "Which seed of a several-seed workdir.")
+_MC_SAMPLES = flags.DEFINE_integer(
+    "mc_samples", None, "Sampled rollouts to average (default: the run's mc_samples)."
+)
+_MC_STD_SCALE = flags.DEFINE_float(
+    "mc_std_scale", 1.0, "The sampled rollouts' policy std, times the run's (> 0)."
+)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Folder of the MNIST files (default: config, then $RAM_JAX_MNIST_DIR)."
 )
@@ -82,6 +94,11 @@ def main(argv: list[str]) -> None:
         radii = [float(r) for r in _RADII.value]
     except ValueError as err:
         raise app.UsageError(f"--radii must be numbers, got {_RADII.value}") from err
+    num_samples = config.mc_samples if _MC_SAMPLES.value is None else _MC_SAMPLES.value
+    if num_samples < 1:
+        raise app.UsageError(f"--mc_samples must be >= 1, got {num_samples}")
+    if not _MC_STD_SCALE.value > 0:
+        raise app.UsageError(f"--mc_std_scale must be positive, got {_MC_STD_SCALE.value}")
     if _DATA_DIR.value is not None:
         config.data_dir = _DATA_DIR.value
     validate_config(config)
@@ -117,12 +134,26 @@ def main(argv: list[str]) -> None:
     wrong = np.asarray(predictions) != np.asarray(labels)
     canvas_centre = np.asarray(task.image_shape, np.float64) / 2.0
     offsets_px = np.abs(offsets + DIGIT / 2.0 - canvas_centre).max(axis=-1)
+    # The key the run's Monte-Carlo evaluation of this split used (train.evaluate_params).
+    val_key, test_key = mc_eval_keys(run_keys(seed).eval)
+    averaging = evaluation.averaging_curve(
+        model,
+        params,
+        images,
+        labels,
+        spec,
+        key=test_key if _SPLIT.value == "test" else val_key,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        loc_std_scale=_MC_STD_SCALE.value,
+    )
     report = {
         "task": config.task,
         "split": _SPLIT.value,
         "seed": seed,
         **evaluation.path_report(distances, wrong, offsets_px, radii),
         "tracking": evaluation.glimpse_tracking(np.asarray(locations), offsets, task.image_shape),
+        "averaging": {"mc_std_scale": _MC_STD_SCALE.value, **averaging},
     }
 
     print(
@@ -148,6 +179,11 @@ def main(argv: list[str]) -> None:
             f"glimpse {t + 1} follows the digit: slope (y, x) {row['slope']}, "
             f"correlation {row['corr']}"
         )
+    print(
+        f"one sampled rollout (std x {_MC_STD_SCALE.value:g}): {averaging['single_pct']}% "
+        f"(+- {averaging['single_std_pct']} over {num_samples} draws); "
+        f"averaging the first 1..{num_samples}: {averaging['averaged_pct']}"
+    )
     report["device"] = describe_device()
     report["seconds"] = round(time.perf_counter() - start, 2)
     print(json.dumps(report, sort_keys=True), flush=True)

@@ -3,7 +3,8 @@
 Two modes: ``"mean"`` (one deterministic rollout: centre first, then the policy mean) and
 ``"mc"`` (class probabilities averaged over ``mc_samples`` sampled rollouts, Ba et al. 2015).
 ``mean_paths``, ``digit_distances``, ``glimpse_tracking`` and ``path_report`` say where the
-deterministic rollout looked, relative to the digit (``experiments.diagnose``).
+deterministic rollout looked, relative to the digit; ``averaging_curve`` compares one sampled
+rollout with the average of several (``experiments.diagnose``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
 
 __all__ = [
+    "averaging_curve",
     "digit_distances",
     "error_pct",
     "glimpse_tracking",
     "mean_paths",
     "path_report",
     "predict",
+    "sampled_class_probs",
 ]
 
 
@@ -94,6 +97,99 @@ def error_pct(
     )
     wrong = int(np.sum(np.asarray(predicted) != np.asarray(labels)))
     return round(100.0 * wrong / len(labels), 4)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "spec", "batch_size", "num_samples", "loc_std_scale")
+)
+def sampled_class_probs(
+    model: RAM,
+    params,
+    images: jax.Array,
+    key: jax.Array,
+    spec: RolloutSpec,
+    *,
+    batch_size: int,
+    num_samples: int,
+    loc_std_scale: float = 1.0,
+) -> jax.Array:
+    """Class probabilities f32[num_samples, N, K] of ``num_samples`` sampled rollouts per image.
+
+    The keys are split as ``predict`` splits them with ``mc_samples=num_samples`` (one key per
+    batch, then one per rollout), so with ``loc_std_scale=1`` the mean over the first axis is
+    what ``predict`` takes the argmax of. ``loc_std_scale`` multiplies the policy's std
+    (``rollout``'s argument of that name); near 0, the rollouts differ only in their uniformly
+    drawn first glimpse and then follow the policy mean.
+    """
+    batches, n = _batched(images, batch_size)
+    keys = jax.random.split(key, batches.shape[0])
+
+    def per_batch(args):
+        batch, batch_key = args
+
+        def probs(rollout_key):
+            trajectory = rollout(
+                model, params, batch, rollout_key, spec, mode="sample", loc_std_scale=loc_std_scale
+            )
+            return jax.nn.softmax(trajectory.logits)
+
+        return jax.lax.map(probs, jax.random.split(batch_key, num_samples))
+
+    probs = jax.lax.map(per_batch, (batches, keys))  # [batches, S, batch_size, K]
+    return jnp.moveaxis(probs, 1, 0).reshape(num_samples, -1, probs.shape[-1])[:, :n]
+
+
+def averaging_curve(
+    model: RAM,
+    params,
+    images: jax.Array,
+    labels: jax.Array,
+    spec: RolloutSpec,
+    *,
+    key: jax.Array | None = None,
+    batch_size: int = 1000,
+    num_samples: int = 10,
+    loc_std_scale: float = 1.0,
+) -> dict[str, float | list[float]]:
+    """How much averaging sampled rollouts buys over one of them, on a labelled dataset.
+
+    Returns:
+      ``single_pct``: the error of one sampled rollout, the mean over ``num_samples`` draws;
+      ``single_std_pct``: its standard deviation over the draws;
+      ``averaged_pct``: entry ``k - 1`` is the error of the class probabilities averaged over
+      the first ``k`` draws (``k = 1 .. num_samples``); with ``loc_std_scale=1`` the last one
+      is ``error_pct(..., key=key, mc_samples=num_samples)``.
+    """
+    if not isinstance(model, RAM):
+        raise TypeError(f"averaging_curve needs a RAM model, got {type(model).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if not loc_std_scale > 0:
+        raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if key is None:
+        key = jax.random.key(0)
+    probs = sampled_class_probs(
+        model,
+        params,
+        images,
+        key,
+        spec,
+        batch_size=min(batch_size, len(images)),
+        num_samples=num_samples,
+        loc_std_scale=float(loc_std_scale),
+    )
+    labels = np.asarray(labels)
+    singles = 100.0 * np.mean(np.argmax(np.asarray(probs), axis=-1) != labels, axis=-1)
+    # Summed, not divided: the argmax of a sum is that of the mean.
+    totals = np.cumsum(np.asarray(probs, np.float64), axis=0)
+    averaged = 100.0 * np.mean(np.argmax(totals, axis=-1) != labels, axis=-1)
+    return {
+        "single_pct": round(float(singles.mean()), 4),
+        "single_std_pct": round(float(singles.std()), 4),
+        "averaged_pct": [round(float(e), 4) for e in averaged],
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size"))

@@ -1020,6 +1020,12 @@ def _summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def mc_eval_keys(eval_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The Monte-Carlo keys of the validation and the test split, from a run's ``RunKeys.eval``."""
+    val_key, test_key = jax.random.split(eval_key)
+    return val_key, test_key
+
+
 def evaluate_params(
     model: Model,
     params,
@@ -1031,7 +1037,7 @@ def evaluate_params(
     mc_samples: int,
 ) -> dict[str, Any]:
     """Validation and test error, deterministic and Monte-Carlo, as a flat dict of percentages."""
-    val_key, test_key = jax.random.split(key)
+    val_key, test_key = mc_eval_keys(key)
 
     def errors(dataset: Dataset, mc_key: jax.Array) -> tuple[float, float]:
         det = evaluation.error_pct(

@@ -9,11 +9,14 @@ import pytest
 
 from ram_jax.baselines import FullyConnected
 from ram_jax.evaluation import (
+    averaging_curve,
     digit_distances,
+    error_pct,
     glimpse_tracking,
     mean_paths,
     path_report,
     predict,
+    sampled_class_probs,
 )
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, rollout
@@ -53,6 +56,85 @@ def test_mean_paths_needs_a_ram():
     spec = RolloutSpec(num_glimpses=2, size=4)
     with pytest.raises(TypeError, match="needs a RAM model"):
         mean_paths(model, {}, jnp.zeros((2, 16, 16)), jax.random.key(0), spec, batch_size=2)
+
+
+def test_sampled_class_probs_are_the_rollouts_mc_averages():
+    spec = RolloutSpec(num_glimpses=3, size=4, scales=2, loc_std=0.3)
+    model, params = make_model(spec)
+    images = jax.random.uniform(jax.random.key(1), (10, 16, 16, 1))
+    key = jax.random.key(5)
+    probs = sampled_class_probs(model, params, images, key, spec, batch_size=4, num_samples=3)
+    assert probs.shape == (3, 10, 5)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    # Rollout s of image i is the one predict's MC mode draws: batch key, then rollout key.
+    padded = jnp.concatenate([images, jnp.zeros((2, 16, 16, 1))])
+    for b, batch_key in enumerate(jax.random.split(key, 3)):
+        count = min(4, 10 - 4 * b)
+        for s, rollout_key in enumerate(jax.random.split(batch_key, 3)):
+            logits = rollout(
+                model, params, padded[4 * b : 4 * b + 4], rollout_key, spec, mode="sample"
+            ).logits
+            np.testing.assert_allclose(
+                probs[s, 4 * b : 4 * b + count], jax.nn.softmax(logits)[:count], atol=1e-6
+            )
+    expected = predict(model, params, images, key, spec, batch_size=4, mc_samples=3)
+    np.testing.assert_array_equal(jnp.argmax(probs.mean(axis=0), axis=-1), expected)
+    # The draws differ from each other (the policy samples), and a narrower std moves them.
+    assert not np.allclose(probs[0], probs[1])
+    narrow = sampled_class_probs(
+        model, params, images, key, spec, batch_size=4, num_samples=3, loc_std_scale=0.01
+    )
+    assert not np.allclose(narrow, probs)
+
+
+def test_averaging_curve_counts_errors_of_single_and_averaged_draws():
+    spec = RolloutSpec(num_glimpses=2, size=4, loc_std=0.5)
+    model, params = make_model(spec)
+    images = jax.random.uniform(jax.random.key(2), (40, 16, 16, 1))
+    labels = np.arange(40) % 5
+    key = jax.random.key(3)
+    curve = averaging_curve(
+        model, params, images, labels, spec, key=key, batch_size=16, num_samples=4
+    )
+    probs = np.asarray(
+        sampled_class_probs(model, params, images, key, spec, batch_size=16, num_samples=4)
+    )
+    singles = [100.0 * np.mean(p.argmax(-1) != labels) for p in probs]
+    assert curve["single_pct"] == pytest.approx(np.mean(singles), abs=1e-4)
+    assert curve["single_std_pct"] == pytest.approx(np.std(singles), abs=1e-4)
+    assert curve["averaged_pct"][0] == pytest.approx(singles[0], abs=1e-4)
+    for k in (2, 3):
+        wrong = np.mean(probs[:k].mean(axis=0).argmax(-1) != labels)
+        assert curve["averaged_pct"][k - 1] == pytest.approx(100.0 * wrong, abs=1e-4)
+    # The last point is the Monte-Carlo error that evaluation reports with the same key.
+    mc = error_pct(model, params, images, labels, spec, key=key, batch_size=16, mc_samples=4)
+    assert curve["averaged_pct"][-1] == pytest.approx(mc, abs=1e-4)
+    assert len(curve["averaged_pct"]) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(num_samples=0), ValueError, "num_samples"),
+        (dict(num_samples=2.0), ValueError, "num_samples"),
+        (dict(loc_std_scale=0.0), ValueError, "loc_std_scale"),
+        (dict(labels=np.zeros(3, np.int32)), ValueError, "4 images but 3 labels"),
+    ],
+)
+def test_averaging_curve_rejects_bad_arguments(kwargs, error, match):
+    spec = RolloutSpec(num_glimpses=2, size=4)
+    model, params = make_model(spec)
+    args = {"labels": np.zeros(4, np.int32), **kwargs}
+    labels = args.pop("labels")
+    with pytest.raises(error, match=match):
+        averaging_curve(model, params, jnp.zeros((4, 16, 16, 1)), labels, spec, **args)
+
+
+def test_averaging_curve_needs_a_ram():
+    model = FullyConnected(hidden=8, num_classes=5)
+    spec = RolloutSpec(num_glimpses=2, size=4)
+    with pytest.raises(TypeError, match="needs a RAM model"):
+        averaging_curve(model, {}, jnp.zeros((2, 16, 16)), np.zeros(2), spec)
 
 
 # Worked by hand on a 60x60 canvas: location l is the point (l + 1) * 30 on each axis, and a

@@ -134,6 +134,13 @@ def test_diagnose_cli_scores_the_rollouts_training_scored(tiny_run):
     assert report["near"][1]["images_pct"] == 100.0
     # Every 28x28 digit sits at the centre, so nothing can follow it.
     assert report["tracking"] == [{"slope": [None, None], "corr": [None, None]}] * 3
+    # Averaging the run's two sampled rollouts, drawn with its validation MC key, gives its MC
+    # figure; one rollout alone is counted per draw.
+    averaging = report["averaging"]
+    assert averaging["mc_std_scale"] == 1.0 and len(averaging["averaged_pct"]) == 2
+    assert averaging["averaged_pct"][-1] == pytest.approx(results["val_error_mc_pct"], abs=1e-6)
+    assert 0.0 <= averaging["single_pct"] <= 100.0
+    assert "one sampled rollout (std x 1)" in proc.stdout
 
 
 def test_unknown_override_is_rejected(tmp_path):
