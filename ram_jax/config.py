@@ -84,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.core_hidden = 256
     c.recurrent_init = "lecun_normal"  # rnn core: or "identity" (IRNN; not the paper)
     c.location_mlp = 0  # > 0: a ReLU layer of that many units in the location network
+    c.action_mlp = 0  # > 0: a ReLU layer of that many units in the action network (not paper)
     c.pixel_mean = 0.0  # RAM: glimpse pixels enter as (x - pixel_mean) / pixel_std (not paper)
     c.pixel_std = 1.0
     c.dropout = 0.0  # > 0: dropout on glimpse features and final state, training only (not paper)
@@ -207,6 +208,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "warmup_epochs",
         "seed",
         "location_mlp",
+        "action_mlp",
     ):
         positive_int(name, allow_zero=True)
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
@@ -236,6 +238,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(
         config.location_lr_scale == 1 or config.model == "ram",
         f"location_lr_scale applies to model 'ram' only, not {config.model!r}",
+    )
+    _check(
+        config.action_mlp == 0 or config.model == "ram",
+        f"action_mlp applies to model 'ram' only, not {config.model!r}",
     )
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")

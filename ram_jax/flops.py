@@ -86,6 +86,7 @@ def ram_forward_flops_per_image(
     core_hidden: int = 256,
     num_classes: int = 10,
     location_mlp: int = 0,
+    action_mlp: int = 0,
 ) -> int:
     """FLOPs of one RAM episode on one image, as ``rollout`` computes it (any mode).
 
@@ -94,7 +95,8 @@ def ram_forward_flops_per_image(
     each ``F -> H`` and ``H -> H``), the location head ``H -> 2`` (``H -> M -> 2`` with
     ``location_mlp = M > 0``) and the baseline head ``H -> 1``. The rollout evaluates both
     heads at every glimpse, the last included (its outputs are then dropped), so they count
-    ``T`` times. Once per episode: the action head ``H -> K``.
+    ``T`` times. Once per episode: the action head ``H -> K`` (``H -> A -> K`` with
+    ``action_mlp = A > 0``).
     """
     if core not in ("rnn", "lstm"):
         raise ValueError(f"unknown core {core!r}; expected 'rnn' or 'lstm'")
@@ -111,7 +113,12 @@ def ram_forward_flops_per_image(
         (core_hidden * location_mlp + location_mlp * 2) if location_mlp else core_hidden * 2
     )
     heads = location_head + core_hidden * 1
-    multiply_adds = num_glimpses * (glimpse_net + core_net + heads) + core_hidden * num_classes
+    action_head = (
+        (core_hidden * action_mlp + action_mlp * num_classes)
+        if action_mlp
+        else core_hidden * num_classes
+    )
+    multiply_adds = num_glimpses * (glimpse_net + core_net + heads) + action_head
     return 2 * multiply_adds
 
 
@@ -137,6 +144,7 @@ def ram_flops(config: Any, channels: int = 1) -> RamFlops:
         core_hidden=config.core_hidden,
         num_classes=config.num_classes,
         location_mlp=config.location_mlp,
+        action_mlp=config.action_mlp,
     )
     return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * forward)
 

@@ -153,13 +153,20 @@ class LocationNetwork(nn.Module):
 
 
 class ActionNetwork(nn.Module):
-    """Linear softmax classifier on the final hidden state; returns logits f32[B, K]."""
+    """Linear softmax classifier on the final hidden state; returns logits f32[B, K].
+
+    ``hidden > 0`` puts a ReLU layer of that many units before the output (not in the paper,
+    which uses one linear layer).
+    """
 
     num_classes: int = 10
+    hidden: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
+        if self.hidden:
+            h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(h))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h).astype(jnp.float32)
 
 
@@ -189,6 +196,7 @@ class RAM(nn.Module):
     # RNN core only: "lecun_normal" (Flax's default) or "identity" (IRNN; not the paper).
     recurrent_init: str = "lecun_normal"
     location_mlp: int = 0  # > 0: a hidden ReLU layer of that many units in the location network
+    action_mlp: int = 0  # > 0: a hidden ReLU layer of that many units in the action network
     # Glimpse pixels are fed as (x - pixel_mean) / pixel_std; (0, 1) is the paper's raw input.
     pixel_mean: float = 0.0
     pixel_std: float = 1.0
@@ -216,7 +224,7 @@ class RAM(nn.Module):
                 raise ValueError("recurrent_init applies to the 'rnn' core only")
             self.core_net = LSTMCore(self.core_hidden, dtype=self.dtype)
         self.location_net = LocationNetwork(self.location_mlp, dtype=self.dtype)
-        self.action_net = ActionNetwork(self.num_classes, dtype=self.dtype)
+        self.action_net = ActionNetwork(self.num_classes, self.action_mlp, dtype=self.dtype)
         self.baseline_net = BaselineNetwork(dtype=self.dtype)
 
     def step(

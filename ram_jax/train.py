@@ -152,6 +152,7 @@ def build_model(config: ml_collections.ConfigDict) -> Model:
         core_hidden=config.core_hidden,
         recurrent_init=config.recurrent_init,
         location_mlp=config.location_mlp,
+        action_mlp=config.action_mlp,
         pixel_mean=float(config.pixel_mean),
         pixel_std=float(config.pixel_std),
         dtype=dtype,

@@ -166,6 +166,7 @@ def test_unknown_field_is_named():
         ("location_range", 0.0, r"location_range must be in \(0, 1\]"),
         ("location_range", 1.2, r"location_range must be in \(0, 1\]"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
+        ("action_mlp", -1, "action_mlp must be a non-negative integer"),
     ],
 )
 def test_bad_values_rejected(field, value, match):
@@ -175,7 +176,9 @@ def test_bad_values_rejected(field, value, match):
         validate_config(config)
 
 
-@pytest.mark.parametrize(("field", "value"), [("location_lr_scale", 2.0), ("location_range", 0.5)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("location_lr_scale", 2.0), ("location_range", 0.5), ("action_mlp", 64)]
+)
 @pytest.mark.parametrize("model", ["fc", "conv"])
 def test_location_options_on_a_baseline_rejected(model, field, value):
     config = default_config()

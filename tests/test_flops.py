@@ -261,6 +261,22 @@ def test_analytic_formula_counts_the_location_mlp(location_mlp):
     assert flops.ram_flops(config).forward == flops.ram_flops(base).forward + extra
 
 
+@pytest.mark.parametrize("action_mlp", [0, 48])
+def test_analytic_formula_counts_the_action_mlp(action_mlp):
+    config = default_config()
+    config.action_mlp = action_mlp
+    model = train.build_model(config)
+    spec = train.rollout_spec(config)
+    patches = jax.ShapeDtypeStruct((1, 1, 8, 8, 1), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), patches, jnp.zeros((1, 2)))["params"]
+    images = jax.ShapeDtypeStruct((2, 28, 28), jnp.uint8)
+    count = flops.jaxpr_flops(rollout, model, params, images, jax.random.key(0), spec)
+    assert count == 2 * flops.ram_flops(config).forward
+    # H -> A -> K in place of H -> K, once per episode.
+    extra = 2 * (256 * 48 + 48 * 10 - 256 * 10) if action_mlp else 0
+    assert flops.ram_flops(config).forward == flops.ram_flops(default_config()).forward + extra
+
+
 def hand_gradient_flops(core: str, reinforce_through_core: bool) -> int:
     """FLOPs per image of ``jax.grad`` of the hybrid loss of the tiny RAM, by hand.
 

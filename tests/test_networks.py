@@ -143,6 +143,22 @@ def test_heads_shapes():
     assert base_net.apply(_init(base_net, h), h).shape == (B,)
 
 
+def test_action_mlp_is_relu_layer_then_logits():
+    h = jax.random.normal(KEY, (B, H))
+    net = ActionNetwork(num_classes=7, hidden=5)
+    variables = _init(net, h)
+    p = jax.tree.map(np.asarray, variables["params"])
+    assert p["hidden"]["kernel"].shape == (H, 5) and p["logits"]["kernel"].shape == (5, 7)
+    hidden = np.maximum(np.asarray(h) @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0.0)
+    expected = hidden @ p["logits"]["kernel"] + p["logits"]["bias"]
+    np.testing.assert_allclose(np.asarray(net.apply(variables, h)), expected, atol=1e-5)
+    # RAM passes its action_mlp on; 0 keeps the paper's single linear layer.
+    patches, loc = _inputs()
+    for width, names in ((0, {"logits"}), (6, {"hidden", "logits"})):
+        params = RAM(action_mlp=width, **TINY).init(KEY, patches, loc)["params"]
+        assert set(params["action_net"]) == names
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e6, 1e30])
 def test_location_mean_in_range_for_huge_inputs(scale):
     h = scale * jax.random.normal(KEY, (64, H))

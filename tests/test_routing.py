@@ -131,25 +131,33 @@ def test_pullback_equals_plain_grad():
 
 
 @pytest.mark.parametrize("through_core", [False, True])
-def test_location_mlp_is_trained_by_reinforce_alone(through_core):
-    # With a hidden layer in the location network, both of its layers get REINFORCE's gradient
-    # and nothing else; cross-entropy and the baseline never reach it.
-    model = RAM(core="rnn", location_mlp=8, **TINY)
+@pytest.mark.parametrize(
+    ("field", "net", "layers", "trained_by"),
+    [
+        ("location_mlp", "location_net", {"hidden", "mean"}, REINFORCE_ONLY),
+        ("action_mlp", "action_net", {"hidden", "logits"}, CE_ONLY),
+    ],
+)
+def test_head_mlp_is_trained_by_its_own_loss_alone(field, net, layers, trained_by, through_core):
+    # With a hidden layer in a head, both of its layers get their loss's gradient and nothing
+    # else: REINFORCE alone trains the location network, the cross-entropy alone the action
+    # network (the reward is not differentiated), and the baseline reaches neither.
+    model = RAM(core="rnn", **{field: 8}, **TINY)
     spec = RolloutSpec(
         num_glimpses=T, size=4, scales=2, loc_std=LOC_STD, reinforce_through_core=through_core
     )
     _, _, _, images, labels = build("rnn", through_core)
     patches = jnp.zeros((1, spec.scales, spec.size, spec.size, 1))
     params = model.init(jax.random.key(0), patches, jnp.zeros((1, 2)))["params"]
-    assert set(params["location_net"]) == {"hidden", "mean"}
+    assert set(params[net]) == layers
 
     def term_grads(weights):
         loss = lambda p: _one_term(weights)(rollout(model, p, images, KEY, spec), labels)
         return jax.grad(loss)(params)
 
-    assert "location_net" in nonzero_nets(term_grads(REINFORCE_ONLY))
-    for weights in (CE_ONLY, BASELINE_ONLY):
-        assert "location_net" not in nonzero_nets(term_grads(weights))
+    assert net in nonzero_nets(term_grads(trained_by))
+    for weights in {CE_ONLY, REINFORCE_ONLY, BASELINE_ONLY} - {trained_by}:
+        assert net not in nonzero_nets(term_grads(weights))
 
 
 @pytest.mark.parametrize("through_core", [False, True])
