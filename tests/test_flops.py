@@ -242,10 +242,19 @@ def test_analytic_formula_matches_jaxpr_of_full_size_rollout(core, side, glimpse
     assert expected.training == 3 * expected.forward == 3 * expected.inference
 
 
-@pytest.mark.parametrize("location_mlp", [0, 32])
-def test_analytic_formula_counts_the_location_mlp(location_mlp):
+# Extra forward FLOPs of a hidden layer in a head, by hand: H -> M -> 2 in place of H -> 2 at
+# each of the 6 glimpses (location), H -> A -> K in place of H -> K once an episode (action).
+HEAD_MLP_EXTRA = {
+    "location_mlp": 2 * 6 * (256 * 32 + 32 * 2 - 256 * 2),
+    "action_mlp": 2 * (256 * 32 + 32 * 10 - 256 * 10),
+}
+
+
+@pytest.mark.parametrize("width", [0, 32])
+@pytest.mark.parametrize("field", sorted(HEAD_MLP_EXTRA))
+def test_analytic_formula_counts_a_head_mlp(field, width):
     config = default_config()
-    config.location_mlp = location_mlp
+    config[field] = width
     model = train.build_model(config)
     spec = train.rollout_spec(config)
     patches = jax.ShapeDtypeStruct((1, 1, 8, 8, 1), jnp.float32)
@@ -253,27 +262,7 @@ def test_analytic_formula_counts_the_location_mlp(location_mlp):
     images = jax.ShapeDtypeStruct((2, 28, 28), jnp.uint8)
     count = flops.jaxpr_flops(rollout, model, params, images, jax.random.key(0), spec)
     assert count == 2 * flops.ram_flops(config).forward
-    # H -> M -> 2 in place of H -> 2, at each of the 6 glimpses.
-    linear_head = 2 * 6 * 256 * 2
-    mlp_head = 2 * 6 * (256 * 32 + 32 * 2)
-    base = default_config()
-    extra = mlp_head - linear_head if location_mlp else 0
-    assert flops.ram_flops(config).forward == flops.ram_flops(base).forward + extra
-
-
-@pytest.mark.parametrize("action_mlp", [0, 48])
-def test_analytic_formula_counts_the_action_mlp(action_mlp):
-    config = default_config()
-    config.action_mlp = action_mlp
-    model = train.build_model(config)
-    spec = train.rollout_spec(config)
-    patches = jax.ShapeDtypeStruct((1, 1, 8, 8, 1), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), patches, jnp.zeros((1, 2)))["params"]
-    images = jax.ShapeDtypeStruct((2, 28, 28), jnp.uint8)
-    count = flops.jaxpr_flops(rollout, model, params, images, jax.random.key(0), spec)
-    assert count == 2 * flops.ram_flops(config).forward
-    # H -> A -> K in place of H -> K, once per episode.
-    extra = 2 * (256 * 48 + 48 * 10 - 256 * 10) if action_mlp else 0
+    extra = HEAD_MLP_EXTRA[field] if width else 0
     assert flops.ram_flops(config).forward == flops.ram_flops(default_config()).forward + extra
 
 
