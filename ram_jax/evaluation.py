@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ram_jax.networks import RAM
-from ram_jax.rollout import RolloutSpec, mc_class_probs, rollout, to_float_images
+from ram_jax.rollout import (
+    RolloutSpec,
+    mc_class_probs,
+    rollout,
+    sampled_class_probs,
+    to_float_images,
+)
 
 __all__ = [
     "averaging_curve",
@@ -27,7 +33,7 @@ __all__ = [
     "mean_paths",
     "path_report",
     "predict",
-    "sampled_class_probs",
+    "rollout_probs",
 ]
 
 
@@ -102,7 +108,7 @@ def error_pct(
 @functools.partial(
     jax.jit, static_argnames=("model", "spec", "batch_size", "num_samples", "loc_std_scale")
 )
-def sampled_class_probs(
+def rollout_probs(
     model: RAM,
     params,
     images: jax.Array,
@@ -126,14 +132,9 @@ def sampled_class_probs(
 
     def per_batch(args):
         batch, batch_key = args
-
-        def probs(rollout_key):
-            trajectory = rollout(
-                model, params, batch, rollout_key, spec, mode="sample", loc_std_scale=loc_std_scale
-            )
-            return jax.nn.softmax(trajectory.logits)
-
-        return jax.lax.map(probs, jax.random.split(batch_key, num_samples))
+        return sampled_class_probs(
+            model, params, batch, batch_key, spec, num_samples, loc_std_scale
+        )
 
     probs = jax.lax.map(per_batch, (batches, keys))  # [batches, S, batch_size, K]
     return jnp.moveaxis(probs, 1, 0).reshape(num_samples, -1, probs.shape[-1])[:, :n]
@@ -170,7 +171,7 @@ def averaging_curve(
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if key is None:
         key = jax.random.key(0)
-    probs = sampled_class_probs(
+    probs = rollout_probs(
         model,
         params,
         images,

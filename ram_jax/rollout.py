@@ -36,6 +36,7 @@ __all__ = [
     "gaussian_log_prob",
     "mc_class_probs",
     "rollout",
+    "sampled_class_probs",
     "to_float_images",
 ]
 
@@ -288,6 +289,33 @@ def rollout(
     return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits)
 
 
+def sampled_class_probs(
+    model: RAM,
+    params,
+    images: jax.Array,
+    key: jax.Array,
+    spec: RolloutSpec,
+    num_samples: int,
+    loc_std_scale: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Class probabilities f32[num_samples, B, K] of ``num_samples`` sampled rollouts.
+
+    Rollout ``s`` uses key ``s`` of ``jax.random.split(key, num_samples)``; ``loc_std_scale`` is
+    ``rollout``'s.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    keys = jax.random.split(key, num_samples)
+
+    def probs(k):
+        trajectory = rollout(
+            model, params, images, k, spec, mode="sample", loc_std_scale=loc_std_scale
+        )
+        return jax.nn.softmax(trajectory.logits)
+
+    return jax.lax.map(probs, keys)
+
+
 def mc_class_probs(
     model: RAM,
     params,
@@ -297,11 +325,4 @@ def mc_class_probs(
     num_samples: int,
 ) -> jax.Array:
     """Class probabilities f32[B, K] averaged over ``num_samples`` sampled rollouts."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    keys = jax.random.split(key, num_samples)
-
-    def probs(k):
-        return jax.nn.softmax(rollout(model, params, images, k, spec, mode="sample").logits)
-
-    return jax.lax.map(probs, keys).mean(axis=0)
+    return sampled_class_probs(model, params, images, key, spec, num_samples).mean(axis=0)

@@ -16,7 +16,7 @@ from ram_jax.evaluation import (
     mean_paths,
     path_report,
     predict,
-    sampled_class_probs,
+    rollout_probs,
 )
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, rollout
@@ -58,12 +58,12 @@ def test_mean_paths_needs_a_ram():
         mean_paths(model, {}, jnp.zeros((2, 16, 16)), jax.random.key(0), spec, batch_size=2)
 
 
-def test_sampled_class_probs_are_the_rollouts_mc_averages():
+def test_rollout_probs_are_the_rollouts_mc_averages():
     spec = RolloutSpec(num_glimpses=3, size=4, scales=2, loc_std=0.3)
     model, params = make_model(spec)
     images = jax.random.uniform(jax.random.key(1), (10, 16, 16, 1))
     key = jax.random.key(5)
-    probs = sampled_class_probs(model, params, images, key, spec, batch_size=4, num_samples=3)
+    probs = rollout_probs(model, params, images, key, spec, batch_size=4, num_samples=3)
     assert probs.shape == (3, 10, 5)
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
     # Rollout s of image i is the one predict's MC mode draws: batch key, then rollout key.
@@ -81,7 +81,7 @@ def test_sampled_class_probs_are_the_rollouts_mc_averages():
     np.testing.assert_array_equal(jnp.argmax(probs.mean(axis=0), axis=-1), expected)
     # The draws differ from each other (the policy samples), and a narrower std moves them.
     assert not np.allclose(probs[0], probs[1])
-    narrow = sampled_class_probs(
+    narrow = rollout_probs(
         model, params, images, key, spec, batch_size=4, num_samples=3, loc_std_scale=0.01
     )
     assert not np.allclose(narrow, probs)
@@ -97,7 +97,7 @@ def test_averaging_curve_counts_errors_of_single_and_averaged_draws():
         model, params, images, labels, spec, key=key, batch_size=16, num_samples=4
     )
     probs = np.asarray(
-        sampled_class_probs(model, params, images, key, spec, batch_size=16, num_samples=4)
+        rollout_probs(model, params, images, key, spec, batch_size=16, num_samples=4)
     )
     singles = [100.0 * np.mean(p.argmax(-1) != labels) for p in probs]
     assert curve["single_pct"] == pytest.approx(np.mean(singles), abs=1e-4)
