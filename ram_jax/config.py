@@ -130,6 +130,9 @@ def default_config() -> ml_collections.ConfigDict:
     # every epoch. On a GPU an epoch can take a fifth of a second and a checkpoint as long.
     c.checkpoint_every_s = 0.0
     # Evaluation.
+    # Validate (and so choose the best parameters) after every this many epochs and after the
+    # last; on a GPU a validation pass can cost as much as an epoch of training.
+    c.validate_every = 1
     c.eval_batch_size = 1000
     c.mc_samples = 10
     return c
@@ -190,6 +193,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "rollouts_per_image",
         "num_epochs",
         "eval_batch_size",
+        "validate_every",
         "mc_samples",
         "num_seeds",
         "fc_hidden",

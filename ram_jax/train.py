@@ -913,7 +913,11 @@ def train_and_evaluate(
             timed_images += steps_per_epoch * config.batch_size * num_seeds
             timed_seconds += train_seconds
         val_errors = []
-        for r in range(num_seeds):
+        last_epoch = epoch + 1 == config.num_epochs
+        due = last_epoch or (epoch + 1) % config.validate_every == 0
+        # Without a validation split every epoch is the best; with one, only validated epochs
+        # can be.
+        for r in range(num_seeds if due or data.validation is None else 0):
             params = replicate(selected_params(carry.state), r)
             if data.validation is not None:
                 val_error = validation_error(params)
@@ -935,7 +939,6 @@ def train_and_evaluate(
         save_start = time.perf_counter()
         phases["validate"] += save_start - validate_start
         checkpoint.append_jsonl(metrics_path, record)
-        last_epoch = epoch + 1 == config.num_epochs
         if last_epoch or time.perf_counter() - last_save >= config.checkpoint_every_s:
             write_pending_best()
             store.save(epoch + 1, carry.state, meta)

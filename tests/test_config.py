@@ -167,6 +167,7 @@ def test_unknown_field_is_named():
         ("location_range", 1.2, r"location_range must be in \(0, 1\]"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
         ("action_mlp", -1, "action_mlp must be a non-negative integer"),
+        ("validate_every", 0, "validate_every must be a positive integer"),
     ],
 )
 def test_bad_values_rejected(field, value, match):

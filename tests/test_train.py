@@ -382,6 +382,24 @@ def test_sparse_checkpoints_write_best_params_with_them_and_resume_exactly(
         assert results_b[name] == results_a[name], name
 
 
+def test_validate_every_validates_and_selects_among_those_epochs_only(
+    uninterrupted_run, small_data, tmp_path
+):
+    # Every second epoch and the last (3 epochs: 2 and 3). Training is untouched: the records
+    # are run A's without epoch 1's validation, and the best epoch is the better of 2 and 3.
+    _, workdir_a, _ = uninterrupted_run
+    results = train_and_evaluate(small_config(validate_every=2), tmp_path, datasets=small_data)
+    records_a = without_timing(checkpoint.read_jsonl(workdir_a / "metrics.jsonl"))
+    records = without_timing(checkpoint.read_jsonl(tmp_path / "metrics.jsonl"))
+    assert "val_error_pct" not in records[0]
+    assert records[0] == {k: v for k, v in records_a[0].items() if k != "val_error_pct"}
+    assert records[1:] == records_a[1:]
+    errors = {r["epoch"]: r["val_error_pct"] for r in records_a[1:]}
+    best = min(errors, key=lambda e: (errors[e], e))
+    assert results["best_epoch"] == best
+    assert results["val_error_pct"] == errors[best]
+
+
 def test_changed_config_in_existing_workdir_is_refused(uninterrupted_run, small_data, tmp_path):
     _, workdir_a, _ = uninterrupted_run
     workdir = tmp_path / "copy"
