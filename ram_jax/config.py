@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from ram_jax.glimpse import validate_retina
 from ram_jax.losses import ADVANTAGES, REWARDS
 from ram_jax.networks import CORES, RECURRENT_INITS
 from ram_jax.rollout import POLICIES
@@ -32,7 +33,9 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 DATA_BACKENDS = ("auto", "tfds", "numpy")
 
-# Fields that may change between a run and its resumption without changing its results.
+# Fields that may change between a run and its resumption without changing its results
+# (``steps_per_dispatch`` and ``eval_batch_size`` beyond float rounding: XLA may sum in
+# another order).
 RESUMABLE_CHANGES = frozenset(
     {
         "data_dir",
@@ -215,6 +218,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "action_mlp",
     ):
         positive_int(name, allow_zero=True)
+    # Checked here, before a workdir is written, rather than when the first step compiles.
+    if config.model == "ram":
+        try:
+            validate_retina(
+                (*TASK_SPECS[config.task].image_shape, 1),
+                size=config.glimpse_size,
+                scales=config.glimpse_scales,
+                factor=config.glimpse_factor,
+            )
+        except ValueError as e:
+            _check(False, f"task {config.task!r}: {e}")
+    _check(
+        config.num_classes >= 10,
+        f"num_classes must be >= 10 (the MNIST labels are 0..9), got {config.num_classes}",
+    )
     _check(config.loc_std > 0, f"loc_std must be positive, got {config.loc_std!r}")
     _check(
         config.loc_std_final >= 0,
@@ -243,10 +261,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config.location_lr_scale == 1 or config.model == "ram",
         f"location_lr_scale applies to model 'ram' only, not {config.model!r}",
     )
-    _check(
-        config.action_mlp == 0 or config.model == "ram",
-        f"action_mlp applies to model 'ram' only, not {config.model!r}",
-    )
+    for name in ("action_mlp", "location_mlp", "mean_rollout_weight"):
+        _check(
+            config[name] == 0 or config.model == "ram",
+            f"{name} applies to model 'ram' only, not {config.model!r}",
+        )
     _check(config.clip_norm >= 0, f"clip_norm must be >= 0 (0 disables), got {config.clip_norm}")
     _check(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     _check(0 <= config.ema_decay < 1, f"ema_decay must be in [0, 1), got {config.ema_decay}")

@@ -93,8 +93,10 @@ def error_pct(
     mc_samples: int = 0,
 ) -> float:
     """Percentage of misclassified images (see ``predict`` for the modes)."""
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if np.shape(labels) != (len(images),):
+        raise ValueError(
+            f"labels must have shape ({len(images)},), one per image, got {np.shape(labels)}"
+        )
     if key is None:
         key = jax.random.key(0)
     batch_size = min(batch_size, len(images))
@@ -167,8 +169,10 @@ def averaging_curve(
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     if not loc_std_scale > 0:
         raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if np.shape(labels) != (len(images),):
+        raise ValueError(
+            f"labels must have shape ({len(images)},), one per image, got {np.shape(labels)}"
+        )
     if key is None:
         key = jax.random.key(0)
     probs = rollout_probs(

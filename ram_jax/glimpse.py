@@ -71,6 +71,14 @@ def validate_retina(
         )
 
 
+def _check_image_dtype(dtype) -> None:
+    # uint8 is read as x / 255 and floats as they are; any other dtype has no agreed scale.
+    if dtype != jnp.uint8 and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"images must be uint8 (read as x / 255) or floating point in [0, 1], got dtype {dtype}"
+        )
+
+
 def _check_location(loc: jax.Array, expected: tuple[int, ...]) -> None:
     if tuple(loc.shape) != expected:
         raise ValueError(f"location must have shape {expected} as (y, x), got {tuple(loc.shape)}")
@@ -123,7 +131,7 @@ def glimpse(
     """Reads ``scales`` square patches centred on ``loc``.
 
     Args:
-      image: f32[H, W, C], any H, W and channel count.
+      image: f32[H, W, C] in [0, 1] (or uint8, read as x / 255), any H, W and channel count.
       loc: f32[2] as (y, x) in [-1, 1]; (0, 0) is the image centre.
       size: side of every returned patch, in pixels.
       scales: number of patches; patch k covers ``size * factor**k`` pixels per side.
@@ -133,6 +141,7 @@ def glimpse(
       f32[scales, size, size, C].
     """
     validate_retina(tuple(image.shape), size=size, scales=scales, factor=factor)
+    _check_image_dtype(image.dtype)
     _check_location(loc, (2,))
     pad = glimpse_pad(size, scales, factor)
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
@@ -158,6 +167,7 @@ def pad_images(
             f"expected images (B, H, W, C) with a margin of {margin} zero pixels on each side, "
             f"got shape {tuple(images.shape)}"
         )
+    _check_image_dtype(images.dtype)
     extra = glimpse_pad(size, scales, factor) - margin
     if extra < 0:
         return images[:, -extra:extra, -extra:extra]
@@ -193,6 +203,7 @@ def glimpse_from_padded(
             f"{width + 2 * pad}, C), got {tuple(padded.shape)}; use pad_images"
         )
     validate_retina((height, width, padded.shape[-1]), size=size, scales=scales, factor=factor)
+    _check_image_dtype(padded.dtype)
     _check_location(locs, (padded.shape[0], 2))
     sides = glimpse_sides(size, scales, factor)
     read = lambda image, loc: _read_padded(image, loc, (height, width), pad, sides, factor)
@@ -205,7 +216,7 @@ def batched_glimpse(
     """``glimpse`` over a batch.
 
     Args:
-      images: f32[B, H, W, C].
+      images: f32[B, H, W, C] in [0, 1] (or uint8, read as x / 255).
       locs: f32[B, 2] as (y, x) in [-1, 1].
 
     Returns:

@@ -52,6 +52,9 @@ def rewards(logits: jax.Array, labels: jax.Array, kind: str = "correct") -> jax.
     ``"correct"``: 1 where the argmax class equals the label, else 0. ``"probability"``: the
     softmax probability of the label.
     """
+    if labels.shape != logits.shape[:1]:
+        # [B, 1] labels would broadcast against [B] predictions to a [B, B] comparison.
+        raise ValueError(f"labels must have shape {logits.shape[:1]}, got {tuple(labels.shape)}")
     if kind == "correct":
         return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     if kind == "probability":

@@ -181,11 +181,12 @@ def rollout(
       key: PRNG key; split ahead into the first location and one key per later glimpse.
       spec: the episode's static description.
       mode: ``"sample"`` draws locations from the policy (training, Monte-Carlo evaluation);
-        ``"mean"`` starts at the centre and follows the policy mean (the key is unused).
+        ``"mean"`` starts at the centre and follows the policy mean (the key then serves only
+        the dropout masks and ``policy="random"``'s locations).
       dropout_rate: training only (not in the paper): inverted dropout at this rate on every
         glimpse's features g_t before the core and on the final state before the action
-        network, with masks from ``fold_in`` of the step keys (so 0, the default, leaves every
-        trajectory exactly as without it). Evaluation leaves it at 0.
+        network, with masks from ``fold_in`` of the episode's keys (so 0, the default, leaves
+        every trajectory exactly as without it). Evaluation leaves it at 0.
       num_mean_episodes: ``"sample"`` mode only (training; not in the paper): the first this
         many images of the batch get the deterministic episode instead (centre first, then the
         policy mean, as ``"mean"`` mode), the rest are sampled as usual. Their log-densities are

@@ -536,6 +536,8 @@ def make_train_chunk(
             "image_margin with turned or scaled digits needs a generated task (the digits are "
             "turned before they are placed on a canvas)"
         )
+    if not 1 <= num_steps <= steps_per_epoch:
+        raise ValueError(f"num_steps must be in 1..{steps_per_epoch} (one epoch), got {num_steps}")
     train_step = make_train_step(
         model,
         spec,
@@ -552,6 +554,12 @@ def make_train_chunk(
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
+        if steps_per_epoch * batch_size > len(data.labels):
+            # dynamic_slice would clamp the last batches' start and repeat images silently.
+            raise ValueError(
+                f"{steps_per_epoch} steps of batch {batch_size} need "
+                f"{steps_per_epoch * batch_size} images, the data holds {len(data.labels)}"
+            )
         order = jax.random.permutation(jax.random.fold_in(data_key, epoch), len(data.labels))
 
         def body(carry, i):
@@ -615,6 +623,11 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
         arrays.train_images, arrays.train_labels, config.validation_size
     )
     if config.train_subset:
+        if config.train_subset > len(train_y):
+            raise ValueError(
+                f"train_subset {config.train_subset} exceeds the {len(train_y)} training images "
+                f"left after the {config.validation_size} validation images"
+            )
         train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
     if len(train_y) < config.batch_size:
         raise ValueError(

@@ -4,6 +4,7 @@ set before JAX starts). Prints one JSON line of what the test checks."""
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 import tempfile
 
@@ -86,6 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         datasets = train.Datasets(data, None, synthetic(jax.random.key(2), 64))
         results = train.train_and_evaluate(config, workdir, datasets=datasets)
+        metric_lines = len((pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines())
     print(
         json.dumps(
             {
@@ -97,7 +99,10 @@ def main() -> None:
                 "all_reduce_in_hlo": "all-reduce" in hlo,
                 "params_replicated": leaf.sharding.is_fully_replicated,
                 "param_devices": len(leaf.sharding.device_set),
-                "test_error_pct": results["test_error_pct"],
+                "full_run_epochs": results["epochs"],
+                "full_run_metric_lines": metric_lines,
+                "full_run_device": results["device"],
+                "num_epochs": config.num_epochs,
             }
         )
     )

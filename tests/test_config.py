@@ -178,13 +178,46 @@ def test_bad_values_rejected(field, value, match):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("location_lr_scale", 2.0), ("location_range", 0.5), ("action_mlp", 64)]
+    ("field", "value"),
+    [
+        ("location_lr_scale", 2.0),
+        ("location_range", 0.5),
+        ("action_mlp", 64),
+        ("location_mlp", 64),
+        ("mean_rollout_weight", 1.0),
+    ],
 )
 @pytest.mark.parametrize("model", ["fc", "conv"])
 def test_location_options_on_a_baseline_rejected(model, field, value):
     config = default_config()
     config.model, config[field] = model, value
     with pytest.raises(ValueError, match=f"{field} applies to model 'ram' only, not '{model}'"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("task", "size", "scales"), [("mnist28", 29, 1), ("translated60", 61, 3), ("mnist28", 40, 1)]
+)
+def test_glimpse_larger_than_the_canvas_rejected_before_training(task, size, scales):
+    config = default_config()
+    config.task, config.glimpse_size, config.glimpse_scales = task, size, scales
+    with pytest.raises(ValueError, match=f"task '{task}': glimpse size {size} is larger than"):
+        validate_config(config)
+
+
+def test_glimpse_as_large_as_the_canvas_accepted_and_baselines_not_checked():
+    config = default_config()
+    config.glimpse_size, config.glimpse_scales = 28, 4  # larger scales read zero padding
+    validate_config(config)
+    config.model, config.glimpse_size = "fc", 40  # a baseline reads whole images
+    validate_config(config)
+
+
+@pytest.mark.parametrize("num_classes", [2, 9])
+def test_fewer_classes_than_mnist_labels_rejected(num_classes):
+    config = default_config()
+    config.num_classes = num_classes
+    with pytest.raises(ValueError, match=f"num_classes must be >= 10 .*got {num_classes}"):
         validate_config(config)
 
 

@@ -118,7 +118,8 @@ def test_averaging_curve_counts_errors_of_single_and_averaged_draws():
         (dict(num_samples=0), ValueError, "num_samples"),
         (dict(num_samples=2.0), ValueError, "num_samples"),
         (dict(loc_std_scale=0.0), ValueError, "loc_std_scale"),
-        (dict(labels=np.zeros(3, np.int32)), ValueError, "4 images but 3 labels"),
+        (dict(labels=np.zeros(3, np.int32)), ValueError, r"labels must have shape \(4,\)"),
+        (dict(labels=np.zeros((4, 1), np.int32)), ValueError, r"got \(4, 1\)"),
     ],
 )
 def test_averaging_curve_rejects_bad_arguments(kwargs, error, match):
@@ -128,6 +129,15 @@ def test_averaging_curve_rejects_bad_arguments(kwargs, error, match):
     labels = args.pop("labels")
     with pytest.raises(error, match=match):
         averaging_curve(model, params, jnp.zeros((4, 16, 16, 1)), labels, spec, **args)
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (3,)])
+def test_error_pct_rejects_labels_not_one_per_image(shape):
+    # [N, 1] labels would broadcast against [N] predictions and count N x N comparisons.
+    spec = RolloutSpec(num_glimpses=2, size=4)
+    model, params = make_model(spec)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\), one per image"):
+        error_pct(model, params, jnp.zeros((4, 16, 16, 1)), np.zeros(shape, np.int32), spec)
 
 
 def test_averaging_curve_needs_a_ram():

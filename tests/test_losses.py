@@ -191,6 +191,13 @@ def test_probability_reward_sends_no_gradient_to_the_logits():
     np.testing.assert_array_equal(jax.grad(f)(jnp.asarray(LOGITS)), 0.0)
 
 
+@pytest.mark.parametrize("kind", ["correct", "probability"])
+def test_rewards_reject_labels_of_another_shape(kind):
+    # [B, 1] labels would otherwise broadcast to a [B, B] comparison and a wrong mean.
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\), got \(2, 1\)"):
+        rewards(jnp.asarray(LOGITS), jnp.asarray(LABELS)[:, None], kind)
+
+
 def test_unknown_reward():
     with pytest.raises(ValueError, match="unknown reward 'accuracy'"):
         hybrid_loss(make_traj(), LABELS, reward="accuracy")
@@ -218,13 +225,18 @@ def test_leave_one_out_terms_by_hand():
 
 
 def test_leave_one_out_ignores_the_baseline_network_in_reinforce():
-    def reinforce(baselines):
+    # The REINFORCE term's value, not its gradient: the advantage is stop_gradient-ed either
+    # way, so only the value shows which baseline was subtracted.
+    def reinforce(baselines, advantage):
         traj = make_traj(baselines=baselines)
-        weights = LossWeights(0.0, 1.0, 0.0)
-        return hybrid_loss(traj, LABELS, weights, advantage="leave_one_out", group_size=2)[0]
+        return hybrid_loss(traj, LABELS, advantage=advantage, group_size=2)[1]["reinforce"]
 
-    grad = jax.grad(reinforce)(jnp.asarray(BASELINES))
-    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+    zeros, learned = jnp.zeros((3, 2)), jnp.asarray(BASELINES)
+    loo = reinforce(zeros, "leave_one_out")
+    assert float(loo) == float(reinforce(learned, "leave_one_out"))
+    assert float(reinforce(zeros, "learned_baseline")) != float(
+        reinforce(learned, "learned_baseline")
+    )
 
 
 @pytest.mark.parametrize(

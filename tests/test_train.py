@@ -747,6 +747,35 @@ def test_training_image_margin(overrides, expected):
     assert train_module.training_image_margin(config, task) == expected
 
 
+def test_train_chunk_refuses_spans_the_data_cannot_fill():
+    config = small_config(batch_size=8)
+    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    optimizer = make_optimizer(config, steps_per_epoch=4)
+    with pytest.raises(ValueError, match=r"num_steps must be in 1\.\.4 \(one epoch\), got 5"):
+        make_train_chunk(
+            model, spec, weights, optimizer, batch_size=8, num_steps=5, steps_per_epoch=4
+        )
+    chunk = make_train_chunk(
+        model, spec, weights, optimizer, batch_size=8, num_steps=1, steps_per_epoch=4
+    )
+    keys = run_keys(0)
+    carry = LoopCarry(
+        init_train_state(model, spec, optimizer, keys.init, (28, 28)), jnp.array(-1, jnp.int32)
+    )
+    data = make_dataset(np.zeros((24, 28, 28), np.uint8), np.zeros(24))
+    # Four steps of eight need 32 images: the last batch would repeat images silently.
+    with pytest.raises(ValueError, match="need 32 images, the data holds 24"):
+        chunk(carry, data, keys.data, keys.step, 0, 0)
+
+
+def test_train_subset_larger_than_the_training_split_rejected():
+    if not HAVE_MNIST:
+        pytest.skip(NO_MNIST)
+    config = small_config(data_dir=str(MNIST_DIR), data_backend="numpy", train_subset=50_001)
+    with pytest.raises(ValueError, match="train_subset 50001 exceeds the 50000 training images"):
+        train_module.load_datasets(config)
+
+
 def test_image_margin_refused_where_it_would_change_the_images():
     config = small_config(batch_size=8)
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
