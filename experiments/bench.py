@@ -478,6 +478,9 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     cpu_dots.use_eigen_dots()  # what training uses; before the first computation
     if _QUICK.value:
+        named = [f"--{f}" for f in ("configs", "batch_sizes") if FLAGS[f].present]
+        if named:
+            raise app.UsageError(f"--quick runs its own configs and batch size: drop {named}")
         names, batch_sizes = list(HEADLINE_CONFIGS), [QUICK_BATCH_SIZE]
     else:
         names = _CONFIGS.value
@@ -490,6 +493,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--configs: unknown {unknown}; known {list(HEADLINE_CONFIGS)}")
     if not batch_sizes or min(batch_sizes) < 1 or _NUM_STEPS.value < 1:
         raise app.UsageError("--batch_sizes and --num_steps must be positive")
+    if _REPEATS.value < 1 or _MATMUL_N.value < 0:
+        raise app.UsageError(
+            f"--repeats must be >= 1 and --matmul_n >= 0 (0: the default size), got "
+            f"{_REPEATS.value} and {_MATMUL_N.value}"
+        )
+    for out in (_OUT_JSON.value, _OUT_MD.value):
+        # Checked now, not after minutes of timing.
+        if out and not pathlib.Path(out).absolute().parent.is_dir():
+            raise app.UsageError(f"no folder {pathlib.Path(out).parent} for {out}")
 
     report = run_bench(
         names,

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from ram_jax import checkpoint, evaluation
+from ram_jax import checkpoint, cpu_dots, evaluation
 from ram_jax.config import config_from_saved, validate_config
 from ram_jax.data import load_mnist, split_train_validation
 from ram_jax.tasks import DIGIT, get_task
@@ -77,12 +77,14 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    # As train and evaluate do, so that its rollouts are the ones val_error_pct scored.
+    cpu_dots.use_eigen_dots()
     start = time.perf_counter()
     workdir = _WORKDIR.value
     config_path = pathlib.Path(workdir) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = config_from_saved(json.loads(config_path.read_text()))
+    config = config_from_saved(checkpoint.read_json(config_path))
     if config.model != "ram":
         raise app.UsageError(f"{workdir} holds a {config.model!r} model; diagnose needs a RAM")
     if not 0 <= _REPLICATE.value < config.num_seeds:

@@ -18,6 +18,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value.strip():
+        # An unset shell variable gives --workdir= , which would train into the current folder.
+        raise app.UsageError("--workdir must not be empty")
     # Orbax logs every file it writes at INFO; progress and results are printed instead.
     logging.set_verbosity(logging.WARNING)
     # Before the first computation: XLA reads its flags once (ram_jax.cpu_dots says why).

@@ -4,8 +4,10 @@ A workdir holds:
   config.json          the run's configuration
   checkpoints/<epoch>/ orbax checkpoints of the full training state (written atomically by orbax)
   best_params.msgpack  parameters of the epoch with the lowest validation error
+                       (best_params_seed<N>.msgpack for each seed of a several-seed run)
   metrics.jsonl        one JSON line of metrics per finished epoch
   results.json         the final report
+  last_good_params*.msgpack  only if a non-finite loss stopped the run
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import pathlib
 import tempfile
+import warnings
 from typing import Any
 
 import flax.serialization
@@ -27,6 +30,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "load_params",
+    "read_json",
     "read_jsonl",
     "save_params",
 ]
@@ -60,13 +64,40 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a file that does not parse is an error naming it."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}): corrupt or not written by ram_jax"
+        ) from e
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; [] if there is none.
+
+    A last line that does not parse (a write cut off by a crash: the epoch it describes was
+    not checkpointed either) is dropped with a warning; a bad line elsewhere is an error.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{number} is not valid JSON ({e})") from e
+            warnings.warn(f"{path}:{number}: dropped a cut-off last line", stacklevel=2)
+    return records
 
 
 def save_params(workdir: str | os.PathLike, params: Any, name: str = BEST_PARAMS) -> None:
@@ -78,8 +109,8 @@ def load_params(workdir: str | os.PathLike, target: Any, name: str = BEST_PARAMS
     path = pathlib.Path(workdir) / name
     if not path.exists():
         raise FileNotFoundError(
-            f"no trained parameters at {path}: train first with "
-            f"python -m experiments.train --workdir={workdir}"
+            f"no trained parameters at {path}: train (or resume) the run first with "
+            f"python -m experiments.train --config=<its config file> --workdir={workdir}"
         )
     problem = f"{path} does not hold parameters for this model (was config.json changed?)"
     try:
@@ -104,8 +135,9 @@ class CheckpointStore:
     """Orbax checkpoints of ``(state, meta)`` keyed by epoch; keeps the newest few."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        self.directory = pathlib.Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
-            pathlib.Path(directory).absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
             ),
@@ -127,6 +159,30 @@ class CheckpointStore:
             force=True,
         )
         self._manager.wait_until_finished()
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(epoch, state, meta)`` of the newest checkpoint that restores, or None if none is
+        kept. One that fails (cut off, or written for another state) is skipped with a warning
+        for the one before it; if every one fails, the error names the directory."""
+        epochs = self.epochs()
+        failures = []
+        for epoch in reversed(epochs):
+            try:
+                return (epoch, *self.restore(epoch, abstract_state))
+            except Exception as e:  # orbax raises many kinds; each is reported below
+                failures.append(f"epoch {epoch}: {type(e).__name__}: {e}")
+                warnings.warn(
+                    f"checkpoint of epoch {epoch} in {self.directory} did not restore ({e}); "
+                    "trying an older one",
+                    stacklevel=2,
+                )
+        if failures:
+            raise ValueError(
+                f"no checkpoint in {self.directory} restores ({'; '.join(failures)}); was it "
+                "written for another config? Use a new --workdir, or move the checkpoints away "
+                "to start this run again"
+            )
+        return None
 
     def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         restored = self._manager.restore(

@@ -10,8 +10,8 @@ faster (133-137 against 91-102 GFLOP/s). On the headline training steps at batch
 
 ``use_eigen_dots()`` adds ``--xla_cpu_experimental_ynn_fusion_type=`` (an empty list: no
 YNNPACK fusions) to ``XLA_FLAGS``. The flag is read once, when XLA starts, so the entry points
-(``experiments.train``, ``experiments.evaluate``, ``experiments.bench``) call it before their
-first computation; code that imports ``ram_jax`` can call it first thing too. It leaves
+(``experiments.train``, ``evaluate``, ``diagnose``, ``bench``) call it before their first
+computation; code that imports ``ram_jax`` can call it first thing too. It leaves
 ``XLA_FLAGS`` alone when it already names the option (the user's choice wins: set
 ``--xla_cpu_experimental_ynn_fusion_type=individual_dot`` to keep YNNPACK), when XLA has started,
 and when jaxlib is older than 0.10.1, where the option is unknown and XLA would abort on it. It

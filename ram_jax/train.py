@@ -774,7 +774,7 @@ def train_and_evaluate(
     config_dict = config.to_dict()
     trained = (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists()
     if trained and config_path.exists():
-        previous = json.loads(config_path.read_text())
+        previous = checkpoint.read_json(config_path)
         changed = config_differences(previous, config_dict)
         if changed:
             raise ValueError(
@@ -810,9 +810,17 @@ def train_and_evaluate(
         "best_val_error_pct": [None] * num_seeds,
         "train_seconds": 0.0,
     }
-    latest = store.latest_epoch()
-    if latest is not None:
-        state, meta = store.restore(latest, state)
+    restored = store.restore_latest(state)
+    if restored is None and (workdir / "results.json").exists():
+        # A finished run whose checkpoints are gone (a shipped or copied workdir): starting
+        # again from epoch 0 would overwrite its best parameters and its records. (A run killed
+        # before its first checkpoint has no results.json, and restarts.)
+        raise ValueError(
+            f"{workdir} holds a finished run (results.json) but no checkpoint to resume from "
+            f"in {store.directory}; use a new --workdir"
+        )
+    if restored is not None:
+        _, state, meta = restored
         state = parallel.replicate_on(mesh, state)
         print(f"resuming {workdir} from epoch {meta['epoch']}", flush=True)
         for name in ("best_epoch", "best_val_error_pct"):  # one seed, before replicates existed
@@ -889,8 +897,17 @@ def train_and_evaluate(
             halted = np.asarray(carry.halted_at)
             if (halted >= 0).any():
                 r = int(np.argmax(halted >= 0))
-                last_good = workdir / "last_good_params.msgpack"
-                checkpoint.save_params(workdir, replicate(carry.state.params, r), last_good.name)
+                # Every replicate's, as validation would read them (the moving average if one
+                # is kept): a halted one froze at its last good step, the others are sound.
+                for i in range(num_seeds):
+                    name = params_file(seeds, i).replace("best_params", "last_good_params")
+                    kept = selected_params(replicate(carry.state, i))
+                    checkpoint.save_params(workdir, kept, name)
+                last_good = workdir / params_file(seeds, r).replace(
+                    "best_params", "last_good_params"
+                )
+                # The run cannot go on, so the best parameters found since the last checkpoint
+                # are kept now rather than lost (a resumed run would replay to the same ones).
                 write_pending_best()
                 progress.close()
                 store.close()
@@ -1100,7 +1117,7 @@ def evaluate_workdir(
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = config_from_saved(json.loads(config_path.read_text()))
+    config = config_from_saved(checkpoint.read_json(config_path))
     if data_dir is not None:
         config.data_dir = data_dir
     config.mc_samples = mc_samples

@@ -158,7 +158,7 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
         }
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
-    run_main(["--quick", "--configs=mnist28", "--batch_sizes=8"])  # --quick wins
+    run_main(["--quick"])
     assert seen == {
         "names": ["mnist28", "translated60", "cluttered100"],
         "batch_sizes": [256],
@@ -171,10 +171,23 @@ def test_quick_runs_the_three_headline_configs_at_batch_256(monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
-    "argv", [["--configs=mnist99"], ["--batch_sizes=eight"], ["--batch_sizes=0"]]
+    ("argv", "match"),
+    [
+        (["--configs=mnist99"], "unknown"),
+        (["--batch_sizes=eight"], "must be integers"),
+        (["--batch_sizes=0"], "must be positive"),
+        (["--quick", "--configs=mnist28"], "--quick runs its own"),
+        (["--quick", "--batch_sizes=8"], "--quick runs its own"),
+        (["--repeats=0"], "--repeats must be >= 1"),
+        (["--matmul_n=-2"], "--matmul_n >= 0"),
+        (["--out_json=/no/such/folder/b.json"], "no folder /no/such/folder"),
+        (["--out_md=/no/such/folder/b.md"], "no folder /no/such/folder"),
+    ],
 )
-def test_bad_arguments_are_usage_errors(argv):
-    with pytest.raises(app.UsageError):
+def test_bad_arguments_are_usage_errors(argv, match, monkeypatch):
+    # Refused before anything is timed.
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("benchmark ran"))
+    with pytest.raises(app.UsageError, match=match):
         run_main(argv)
 
 

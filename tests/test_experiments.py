@@ -156,6 +156,14 @@ def test_unknown_override_is_rejected(tmp_path):
     assert not (workdir / "config.json").exists()
 
 
+def test_empty_workdir_is_rejected():
+    # --workdir=$UNSET would otherwise train into the current folder (the repository here).
+    proc = run_module("experiments.train", "--config=experiments/configs/mnist28.py", "--workdir=")
+    assert proc.returncode != 0, describe(proc)
+    assert "--workdir must not be empty" in proc.stderr, describe(proc)
+    assert not (REPO_ROOT / "config.json").exists()
+
+
 SHIPPED = sorted(p.parent for p in (REPO_ROOT / "checkpoints").glob("*/results.json"))
 
 

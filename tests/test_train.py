@@ -965,6 +965,73 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
+def test_jsonl_drops_a_cut_off_last_line_and_names_a_bad_one_elsewhere(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    checkpoint.append_jsonl(path, {"epoch": 1})
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "lo')  # a crash in the middle of the write
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:2: dropped a cut-off last line"):
+        assert checkpoint.read_jsonl(path) == [{"epoch": 1}]
+    with open(path, "a") as f:
+        f.write('\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        checkpoint.read_jsonl(path)
+
+
+def test_read_json_names_a_corrupt_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"task": "mnist28",')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        checkpoint.read_json(path)
+    checkpoint.atomic_write_json(path, {"task": "mnist28"})
+    assert checkpoint.read_json(path) == {"task": "mnist28"}
+
+
+def test_restore_latest_skips_a_checkpoint_that_does_not_restore(
+    uninterrupted_run, small_data, tmp_path
+):
+    config, workdir_a, _ = uninterrupted_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir_a / "checkpoints", copy)
+    template = state_template(config, small_data)
+    store = checkpoint.CheckpointStore(copy)
+    try:
+        assert store.epochs() == [2, 3]
+        state_2, meta_2 = store.restore(2, template)
+        shutil.rmtree(copy / "3" / "state")  # the newest one cut off
+        with pytest.warns(UserWarning, match=r"checkpoint of epoch 3 .* did not restore"):
+            epoch, state, meta = store.restore_latest(template)
+        assert (epoch, meta) == (2, meta_2)
+        assert_trees_equal(state, state_2)
+        shutil.rmtree(copy / "2" / "state")
+        with (
+            pytest.warns(UserWarning),
+            pytest.raises(ValueError, match=r"no checkpoint in \S*copy"),
+        ):
+            store.restore_latest(template)
+    finally:
+        store.close()
+    empty = checkpoint.CheckpointStore(tmp_path / "empty")
+    assert empty.restore_latest(template) is None
+    empty.close()
+
+
+def test_finished_workdir_without_checkpoints_is_not_overwritten(
+    uninterrupted_run, small_data, tmp_path
+):
+    # A shipped or copied workdir keeps its results but not its orbax checkpoints: training in
+    # it again must not start from epoch 0 over its best parameters and metrics.
+    config, workdir_a, _ = uninterrupted_run
+    workdir = tmp_path / "shipped"
+    shutil.copytree(workdir_a, workdir, ignore=shutil.ignore_patterns("checkpoints"))
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    with pytest.raises(
+        ValueError, match=r"holds a finished run \(results.json\) but no checkpoint"
+    ):
+        train_and_evaluate(config, workdir, datasets=small_data)
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
 def test_jsonl_round_trip(tmp_path):
     path = tmp_path / "metrics.jsonl"
     assert checkpoint.read_jsonl(path) == []
