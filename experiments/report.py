@@ -97,7 +97,10 @@ def find_results(paths: Iterable[str]) -> list[Path]:
         expanded = str(Path(entry).expanduser())
         if any(c in expanded for c in "*?["):
             matches = sorted(glob.glob(expanded, recursive=True))
-            files = [f for m in matches for f in _results_at(Path(m))]
+            # A pattern such as 'runs/**' also matches each workdir's config.json: of the files
+            # it names, only results files count.
+            kept = [Path(m) for m in matches if Path(m).is_dir() or Path(m).name == "results.json"]
+            files = [f for m in kept for f in _results_at(m)]
             if not files:
                 what = "matches nothing" if not matches else "matches no results.json"
                 raise ReportError(f"pattern {entry!r} {what}")

@@ -26,6 +26,16 @@ __all__ = ["BASELINES", "Convolutional", "FullyConnected", "classifier_loss"]
 BASELINES = ("fc", "conv")
 
 
+def _check_images(images: jax.Array) -> None:
+    # [B, H, W] would reach nn.Conv as one unbatched image, and bytes would be read 255 times
+    # too bright: rollout.to_float_images converts both.
+    if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point [B, H, W, C] in [0, 1], got {images.dtype} of shape "
+            f"{tuple(images.shape)} (rollout.to_float_images converts uint8 and [B, H, W])"
+        )
+
+
 class FullyConnected(nn.Module):
     """Two hidden ReLU layers of ``hidden`` units, then a linear softmax."""
 
@@ -35,6 +45,7 @@ class FullyConnected(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
+        _check_images(images)
         x = images.reshape(len(images), -1)
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden1")(x))
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden2")(x))
@@ -53,6 +64,7 @@ class Convolutional(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
+        _check_images(images)
         height, width = images.shape[1:3]
         if min(height, width) < self.kernel:
             raise ValueError(

@@ -46,6 +46,28 @@ def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
     return padded.reshape(num_batches, batch_size, *images.shape[1:]), n
 
 
+def _check_labels(model: nn.Module, images: jax.Array, labels, batch_size: int) -> None:
+    """One integer class index per image, in the model's range; at least one image."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if len(images) == 0:
+        raise ValueError("need at least one image to evaluate, got none")
+    if np.shape(labels) != (len(images),):
+        raise ValueError(
+            f"labels must have shape ({len(images)},), one per image, got {np.shape(labels)}"
+        )
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    # A label no class can match would count as an error silently.
+    num_classes = getattr(model, "num_classes", None)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), the model's classes; got {low}..{high}"
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size", "mc_samples"))
 def predict(
     model: nn.Module,
@@ -93,10 +115,7 @@ def error_pct(
     mc_samples: int = 0,
 ) -> float:
     """Percentage of misclassified images (see ``predict`` for the modes)."""
-    if np.shape(labels) != (len(images),):
-        raise ValueError(
-            f"labels must have shape ({len(images)},), one per image, got {np.shape(labels)}"
-        )
+    _check_labels(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     batch_size = min(batch_size, len(images))
@@ -169,10 +188,7 @@ def averaging_curve(
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     if not loc_std_scale > 0:
         raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
-    if np.shape(labels) != (len(images),):
-        raise ValueError(
-            f"labels must have shape ({len(images)},), one per image, got {np.shape(labels)}"
-        )
+    _check_labels(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     probs = rollout_probs(
@@ -343,6 +359,15 @@ def path_report(
       rest; ``by_offset``, the error in bands of
       ``OFFSET_BAND_PX`` pixels of ``offsets_px``.
     """
+    distances, wrong, offsets_px = map(np.asarray, (distances, wrong, offsets_px))
+    # A 0/1 integer ``wrong`` would index columns 0 and 1 instead of masking.
+    if wrong.dtype != bool:
+        raise ValueError(f"wrong must be a bool mask, got dtype {wrong.dtype}")
+    if distances.ndim != 2 or not wrong.shape == offsets_px.shape == (distances.shape[1],):
+        raise ValueError(
+            f"expected distances [T, N], wrong [N] and offsets_px [N], got shapes "
+            f"{distances.shape}, {wrong.shape} and {offsets_px.shape}"
+        )
     n = wrong.shape[0]
 
     def pct(mask: np.ndarray) -> float | None:

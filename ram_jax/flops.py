@@ -127,11 +127,18 @@ class RamFlops(NamedTuple):
 
     forward: int  # one episode
     inference: int  # deterministic prediction: one forward episode
-    training: int  # TRAIN_FORWARD_MULTIPLE x forward
+    training: int  # TRAIN_FORWARD_MULTIPLE x forward x the training episodes of each image
 
 
 def ram_flops(config: Any, channels: int = 1) -> RamFlops:
-    """``ram_forward_flops_per_image`` from a config (``ram_jax.config.default_config`` fields)."""
+    """``ram_forward_flops_per_image`` from a config (``ram_jax.config.default_config`` fields).
+
+    Training counts every episode a step runs on an image: ``rollouts_per_image`` sampled
+    ones, and as many deterministic ones again when ``mean_rollout_weight > 0``.
+    """
+    if config.model != "ram":
+        raise ValueError(f"ram_flops counts the RAM only, not model {config.model!r}")
+    episodes = config.rollouts_per_image * (2 if config.mean_rollout_weight > 0 else 1)
     forward = ram_forward_flops_per_image(
         num_glimpses=config.num_glimpses,
         glimpse_size=config.glimpse_size,
@@ -146,7 +153,7 @@ def ram_flops(config: Any, channels: int = 1) -> RamFlops:
         location_mlp=config.location_mlp,
         action_mlp=config.action_mlp,
     )
-    return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * forward)
+    return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * forward * episodes)
 
 
 # --------------------------------------------------------------------------------------------

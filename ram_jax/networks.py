@@ -62,7 +62,7 @@ class GlimpseNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
-        """patches: f32[B, S, g, g, C]; loc: f32[B, 2] -> f32[B, features]."""
+        """patches: f32[B, S, g, g, C]; loc: f32[B, 2] -> [B, features] in ``dtype``."""
         if self.pixel_std <= 0:
             raise ValueError(f"pixel_std must be positive, got {self.pixel_std!r}")
         rho = patches.reshape(len(patches), -1)
@@ -201,7 +201,8 @@ class RAM(nn.Module):
     pixel_mean: float = 0.0
     pixel_std: float = 1.0
     # Compute precision of every layer (bfloat16 for mixed precision); parameters, the core's
-    # state and every output stay float32.
+    # state and the heads' outputs stay float32 (the glimpse features g_t, which only the core
+    # reads, come in the compute precision).
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -234,7 +235,7 @@ class RAM(nn.Module):
         return self.update_core(state, self.encode_glimpse(patches, loc))
 
     def encode_glimpse(self, patches: jax.Array, loc: jax.Array) -> jax.Array:
-        """g_t f32[B, glimpse_features] from the glimpse network: the first half of ``step``."""
+        """g_t [B, glimpse_features] in ``dtype`` from the glimpse network: half of ``step``."""
         return self.glimpse_net(patches, loc)
 
     def update_core(self, state: CoreState, g: jax.Array) -> tuple[CoreState, jax.Array]:

@@ -133,6 +133,16 @@ def test_conv_too_small_image_raises(shape):
         model.init(jax.random.key(0), jnp.zeros((1, *shape, 1)))
 
 
+@pytest.mark.parametrize("model", [FullyConnected(hidden=8), Convolutional(hidden=8)])
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((16, 28, 28), jnp.float32), ((2, 28, 28, 1), jnp.uint8)]
+)
+def test_images_without_a_channel_axis_or_as_bytes_raise(model, shape, dtype):
+    # A [16, 28, 28] batch would reach the convolution as one 16x28 image of 28 channels.
+    with pytest.raises(ValueError, match=r"images must be floating point \[B, H, W, C\]"):
+        model.init(jax.random.key(0), jnp.zeros(shape, dtype))
+
+
 def test_conv_smallest_image_that_fits():
     # 10x10: one output position per filter.
     params = param_shapes(Convolutional(hidden=16), 10)

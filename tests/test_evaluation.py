@@ -140,6 +140,30 @@ def test_error_pct_rejects_labels_not_one_per_image(shape):
         error_pct(model, params, jnp.zeros((4, 16, 16, 1)), np.zeros(shape, np.int32), spec)
 
 
+@pytest.mark.parametrize(
+    ("labels", "kwargs", "match"),
+    [
+        (np.array([0, 1, 5, 2]), {}, r"labels must lie in \[0, 5\), .* got 0\.\.5"),
+        (np.array([0, -1, 2, 2]), {}, r"got -1\.\.2"),
+        (np.array([0.0, 1.0, 2.0, 3.0]), {}, "labels must be integer class indices"),
+        (np.array([0, 1, 2, 3]), {"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ],
+)
+def test_error_pct_rejects_labels_no_class_can_match(labels, kwargs, match):
+    # The tiny RAM has 5 classes: a label of 5 would count as an error without a word.
+    spec = RolloutSpec(num_glimpses=2, size=4)
+    model, params = make_model(spec)
+    with pytest.raises(ValueError, match=match):
+        error_pct(model, params, jnp.zeros((4, 16, 16, 1)), labels, spec, **kwargs)
+
+
+def test_error_pct_of_no_images_is_an_error():
+    spec = RolloutSpec(num_glimpses=2, size=4)
+    model, params = make_model(spec)
+    with pytest.raises(ValueError, match="need at least one image"):
+        error_pct(model, params, jnp.zeros((0, 16, 16, 1)), np.zeros(0, np.int32), spec)
+
+
 def test_averaging_curve_needs_a_ram():
     model = FullyConnected(hidden=8, num_classes=5)
     spec = RolloutSpec(num_glimpses=2, size=4)
@@ -250,6 +274,21 @@ def test_path_report_by_hand():
         {"from_px": 8, "to_px": 12, "images": 1, "error_pct": 100.0},
         {"from_px": 16, "to_px": 20, "images": 1, "error_pct": 0.0},
     ]
+
+
+@pytest.mark.parametrize(
+    ("distances", "wrong", "offsets", "match"),
+    [
+        (np.ones((2, 4)), np.array([0, 1, 1, 0]), np.zeros(4), "wrong must be a bool mask"),
+        (np.ones((2, 4)), np.zeros(3, bool), np.zeros(4), r"shapes \(2, 4\), \(3,\)"),
+        (np.ones((2, 4)), np.zeros(4, bool), np.zeros(5), r"and \(5,\)"),
+        (np.ones(4), np.zeros(4, bool), np.zeros(4), r"expected distances \[T, N\]"),
+    ],
+)
+def test_path_report_rejects_masks_and_shapes_that_do_not_match(distances, wrong, offsets, match):
+    # A 0/1 integer mask would select columns 0 and 1 and report wrong distances silently.
+    with pytest.raises(ValueError, match=match):
+        path_report(distances, wrong, offsets, radii=[4.0])
 
 
 def test_path_report_without_errors_has_no_wrong_distances():

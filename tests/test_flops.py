@@ -242,15 +242,16 @@ def test_analytic_formula_matches_jaxpr_of_full_size_rollout(core, side, glimpse
     assert expected.training == 3 * expected.forward == 3 * expected.inference
 
 
-# Extra forward FLOPs of a hidden layer in a head, by hand: H -> M -> 2 in place of H -> 2 at
-# each of the 6 glimpses (location), H -> A -> K in place of H -> K once an episode (action).
+# Extra forward FLOPs of a hidden layer of M units in a head, by hand: H -> M -> 2 in place of
+# H -> 2 at each of the 6 glimpses (location), H -> M -> K in place of H -> K once an episode
+# (action).
 HEAD_MLP_EXTRA = {
-    "location_mlp": 2 * 6 * (256 * 32 + 32 * 2 - 256 * 2),
-    "action_mlp": 2 * (256 * 32 + 32 * 10 - 256 * 10),
+    "location_mlp": lambda m: 2 * 6 * (256 * m + m * 2 - 256 * 2),
+    "action_mlp": lambda m: 2 * (256 * m + m * 10 - 256 * 10),
 }
 
 
-@pytest.mark.parametrize("width", [0, 32])
+@pytest.mark.parametrize("width", [16, 32])
 @pytest.mark.parametrize("field", sorted(HEAD_MLP_EXTRA))
 def test_analytic_formula_counts_a_head_mlp(field, width):
     config = default_config()
@@ -262,8 +263,28 @@ def test_analytic_formula_counts_a_head_mlp(field, width):
     images = jax.ShapeDtypeStruct((2, 28, 28), jnp.uint8)
     count = flops.jaxpr_flops(rollout, model, params, images, jax.random.key(0), spec)
     assert count == 2 * flops.ram_flops(config).forward
-    extra = HEAD_MLP_EXTRA[field] if width else 0
+    extra = HEAD_MLP_EXTRA[field](width)
     assert flops.ram_flops(config).forward == flops.ram_flops(default_config()).forward + extra
+
+
+@pytest.mark.parametrize(
+    ("rollouts", "mean_weight", "episodes"), [(1, 0.0, 1), (4, 0.0, 4), (1, 1.0, 2), (2, 0.5, 4)]
+)
+def test_training_count_covers_every_episode_of_an_image(rollouts, mean_weight, episodes):
+    # M sampled episodes per image, and as many deterministic ones with mean_rollout_weight.
+    config = default_config()
+    config.rollouts_per_image, config.mean_rollout_weight = rollouts, mean_weight
+    counted = flops.ram_flops(config)
+    assert counted.forward == counted.inference == flops.ram_flops(default_config()).forward
+    assert counted.training == 3 * episodes * counted.forward
+
+
+@pytest.mark.parametrize("model", ["fc", "conv"])
+def test_ram_count_refuses_a_baseline(model):
+    config = default_config()
+    config.model = model
+    with pytest.raises(ValueError, match=f"counts the RAM only, not model '{model}'"):
+        flops.ram_flops(config)
 
 
 def hand_gradient_flops(core: str, reinforce_through_core: bool) -> int:

@@ -241,5 +241,16 @@ def test_parameter_tree_of_default_ram(core):
             "input": {"kernel": (256, 256), "bias": (256,)},
         }
     else:
-        kernels = jax.tree.leaves(shapes["core_net"], is_leaf=lambda x: isinstance(x, tuple))
-        assert all(k in ((256, 256), (256,)) for k in kernels)
+        # Flax's LSTM cell: input kernels ii/if/ig/io without bias, recurrent ones with it.
+        gates = {f"i{g}": {"kernel": (256, 256)} for g in "ifgo"}
+        gates |= {f"h{g}": {"kernel": (256, 256), "bias": (256,)} for g in "ifgo"}
+        assert shapes["core_net"] == {"lstm": gates}
+        # Glimpse features narrower than the state tell input kernels from recurrent ones.
+        narrow = RAM(core=core, glimpse_features=128)
+        lstm = jax.tree.map(
+            jnp.shape, jax.eval_shape(narrow.init, KEY, patches, jnp.zeros((1, 2)))["params"]
+        )["core_net"]["lstm"]
+        assert {k: v["kernel"] for k, v in lstm.items()} == {
+            **{f"i{g}": (128, 256) for g in "ifgo"},
+            **{f"h{g}": (256, 256) for g in "ifgo"},
+        }

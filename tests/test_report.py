@@ -415,6 +415,16 @@ def test_paths_expand_to_subdirectories_globs_and_files(tmp_path: Path) -> None:
     assert rows[0]["seeds"] == "2"
 
 
+def test_a_pattern_that_also_matches_other_files_keeps_only_results(tmp_path: Path) -> None:
+    # 'runs/**' names every file of every workdir, config.json among them.
+    write_result(tmp_path / "runs" / "s0", seed=0, test=1.0)
+    (tmp_path / "runs" / "s0" / "config.json").write_text('{"task": "mnist28"}')
+    (tmp_path / "runs" / "notes.json").write_text("[]")
+    found = report.find_results([str(tmp_path / "runs" / "**")])
+    assert found == [tmp_path / "runs" / "s0" / "results.json"]
+    assert len(report.load_runs([str(tmp_path / "runs" / "**")])) == 1
+
+
 def test_path_without_results_is_an_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)

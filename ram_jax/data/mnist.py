@@ -212,7 +212,10 @@ def ensure_mnist_files(
         try:
             actual = _sha256(path)
         except OSError as e:
-            raise DataFileError(f"Cannot read MNIST file {path}: {e}. {_HOW_TO_PROVIDE}") from e
+            raise DataFileError(
+                f"Cannot read MNIST file {path} (expected sha256 {expected}): {e}. "
+                f"{_HOW_TO_PROVIDE}"
+            ) from e
         if actual != expected:
             raise DataFileError(
                 f"MNIST file {path} is corrupt: sha256 {actual}, expected {expected}. "
