@@ -725,6 +725,13 @@ def over_replicates(fn: Callable, num_replicates: int, in_axes: tuple) -> Callab
     return single
 
 
+def writes_workdir_files() -> bool:
+    """Whether this process writes the workdir's own files (config, records, parameters,
+    results): the first process of a multi-host run, every other one computing the same
+    values. Orbax coordinates the checkpoints across processes itself."""
+    return jax.process_index() == 0
+
+
 def replicate(tree: Any, index: int) -> Any:
     """Replicate ``index`` of a tree stacked on a leading replicate axis."""
     return jax.tree.map(lambda x: x[index], tree)
@@ -789,8 +796,10 @@ def train_and_evaluate(
     # of a second, and the work around the fused training spans can cost as much as they do.
     phases = dict.fromkeys(PHASES, 0.0)
     phases["load_data"] = time.perf_counter() - start
+    writer = writes_workdir_files()
     # Written once the data loaded: a run that failed before training binds the workdir to nothing.
-    checkpoint.atomic_write_json(config_path, config_dict)
+    if writer:
+        checkpoint.atomic_write_json(config_path, config_dict)
     model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
     task = get_task(config.task)
     steps_per_epoch = len(data.train.labels) // config.batch_size
@@ -829,9 +838,10 @@ def train_and_evaluate(
     metrics_path = workdir / "metrics.jsonl"
     # Epochs logged after the restored checkpoint were lost with the process: drop them.
     history = [r for r in checkpoint.read_jsonl(metrics_path) if r["epoch"] <= meta["epoch"]]
-    checkpoint.atomic_write_bytes(
-        metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history).encode()
-    )
+    if writer:
+        checkpoint.atomic_write_bytes(
+            metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history).encode()
+        )
 
     chunk = _chunk_steps(steps_per_epoch, config.steps_per_dispatch)
     train_chunk = jax.jit(
@@ -881,10 +891,14 @@ def train_and_evaluate(
     # Best parameters found since the last checkpoint are written with it, not before: a resumed
     # run replays those epochs, so the files on disk always match the checkpoint's ``meta``.
     pending_best: dict[int, Any] = {}
+    # The best parameters this process found: the final evaluation reads them from here, and
+    # from the workdir only when the best epoch came before a resume (or on a process that
+    # writes no files, from the file the first process wrote).
+    found_best: dict[int, Any] = {}
     saved_epoch, last_save = meta["epoch"], time.perf_counter()
 
     def write_pending_best() -> None:
-        for r, params in pending_best.items():
+        for r, params in pending_best.items() if writer else ():
             checkpoint.save_params(workdir, params, params_file(seeds, r))
         pending_best.clear()
 
@@ -901,8 +915,9 @@ def train_and_evaluate(
                 # is kept): a halted one froze at its last good step, the others are sound.
                 for i in range(num_seeds):
                     name = params_file(seeds, i).replace("best_params", "last_good_params")
-                    kept = selected_params(replicate(carry.state, i))
-                    checkpoint.save_params(workdir, kept, name)
+                    if writer:
+                        kept = selected_params(replicate(carry.state, i))
+                        checkpoint.save_params(workdir, kept, name)
                 last_good = workdir / params_file(seeds, r).replace(
                     "best_params", "last_good_params"
                 )
@@ -957,7 +972,7 @@ def train_and_evaluate(
                     continue
                 meta["best_val_error_pct"][r] = val_error
             meta["best_epoch"][r] = epoch + 1
-            pending_best[r] = params
+            pending_best[r] = found_best[r] = params
         if val_errors:
             record["val_error_pct"] = float(np.mean(val_errors))
         if num_seeds > 1:
@@ -968,7 +983,8 @@ def train_and_evaluate(
         meta["train_seconds"] += train_seconds
         save_start = time.perf_counter()
         phases["validate"] += save_start - validate_start
-        checkpoint.append_jsonl(metrics_path, record)
+        if writer:
+            checkpoint.append_jsonl(metrics_path, record)
         if last_epoch or time.perf_counter() - last_save >= config.checkpoint_every_s:
             write_pending_best()
             store.save(epoch + 1, carry.state, meta)
@@ -987,9 +1003,11 @@ def train_and_evaluate(
     final_start = time.perf_counter()
     runs = []
     for r, seed in enumerate(seeds):
-        best_params = checkpoint.load_params(
-            workdir, replicate(selected_params(carry.state), r), params_file(seeds, r)
-        )
+        best_params = found_best.get(r)
+        if best_params is None:
+            best_params = checkpoint.load_params(
+                workdir, replicate(selected_params(carry.state), r), params_file(seeds, r)
+            )
         report = evaluate_params(
             model,
             best_params,
@@ -1021,7 +1039,8 @@ def train_and_evaluate(
         "jax_version": jax.__version__,
         "config": config_dict,
     }
-    checkpoint.atomic_write_json(workdir / "results.json", results)
+    if writer:
+        checkpoint.atomic_write_json(workdir / "results.json", results)
     mc = config.mc_samples
     for run in runs:
         which = "" if num_seeds == 1 else f" (seed {run['seed']})"

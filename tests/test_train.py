@@ -1016,6 +1016,22 @@ def test_restore_latest_skips_a_checkpoint_that_does_not_restore(
     empty.close()
 
 
+def test_only_the_first_process_writes_the_workdir_files(
+    uninterrupted_run, small_data, tmp_path, monkeypatch
+):
+    # Every host of a multi-host run computes the same values; one writing them is enough, and
+    # several appending to metrics.jsonl would duplicate its lines.
+    _, _, results_a = uninterrupted_run
+    monkeypatch.setattr(train_module, "writes_workdir_files", lambda: False)
+    results = train_and_evaluate(small_config(), tmp_path, datasets=small_data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+    store = checkpoint.CheckpointStore(tmp_path / "checkpoints")
+    assert store.epochs() == [2, 3]  # orbax coordinates its own writes across processes
+    store.close()
+    for name in ("best_epoch", "val_error_pct", "test_error_pct"):
+        assert results[name] == results_a[name], name
+
+
 def test_finished_workdir_without_checkpoints_is_not_overwritten(
     uninterrupted_run, small_data, tmp_path
 ):
