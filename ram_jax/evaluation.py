@@ -46,8 +46,9 @@ def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
     return padded.reshape(num_batches, batch_size, *images.shape[1:]), n
 
 
-def _check_labels(model: nn.Module, images: jax.Array, labels, batch_size: int) -> None:
-    """One integer class index per image, in the model's range; at least one image."""
+def _check_eval_inputs(model: nn.Module, images: jax.Array, labels, batch_size: int) -> None:
+    """A positive batch size, at least one image, and one integer class index per image in
+    the model's range."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(images) == 0:
@@ -115,7 +116,7 @@ def error_pct(
     mc_samples: int = 0,
 ) -> float:
     """Percentage of misclassified images (see ``predict`` for the modes)."""
-    _check_labels(model, images, labels, batch_size)
+    _check_eval_inputs(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     batch_size = min(batch_size, len(images))
@@ -188,7 +189,7 @@ def averaging_curve(
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     if not loc_std_scale > 0:
         raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
-    _check_labels(model, images, labels, batch_size)
+    _check_eval_inputs(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     probs = rollout_probs(
