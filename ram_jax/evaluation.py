@@ -46,9 +46,9 @@ def _batched(images: jax.Array, batch_size: int) -> tuple[jax.Array, int]:
     return padded.reshape(num_batches, batch_size, *images.shape[1:]), n
 
 
-def _check_eval_inputs(model: nn.Module, images: jax.Array, labels, batch_size: int) -> None:
-    """A positive batch size, at least one image, and one integer class index per image in
-    the model's range."""
+def _check_eval_inputs(model: nn.Module, images: jax.Array, labels, batch_size: int) -> np.ndarray:
+    """The labels on the host, once checked: a positive batch size, at least one image, and
+    one integer class index per image in the model's range."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(images) == 0:
@@ -67,6 +67,7 @@ def _check_eval_inputs(model: nn.Module, images: jax.Array, labels, batch_size: 
         raise ValueError(
             f"labels must lie in [0, {num_classes}), the model's classes; got {low}..{high}"
         )
+    return labels
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "batch_size", "mc_samples"))
@@ -116,14 +117,14 @@ def error_pct(
     mc_samples: int = 0,
 ) -> float:
     """Percentage of misclassified images (see ``predict`` for the modes)."""
-    _check_eval_inputs(model, images, labels, batch_size)
+    labels = _check_eval_inputs(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     batch_size = min(batch_size, len(images))
     predicted = predict(
         model, params, images, key, spec, batch_size=batch_size, mc_samples=mc_samples
     )
-    wrong = int(np.sum(np.asarray(predicted) != np.asarray(labels)))
+    wrong = int(np.sum(np.asarray(predicted) != labels))
     return round(100.0 * wrong / len(labels), 4)
 
 
@@ -189,7 +190,7 @@ def averaging_curve(
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     if not loc_std_scale > 0:
         raise ValueError(f"loc_std_scale must be positive, got {loc_std_scale!r}")
-    _check_eval_inputs(model, images, labels, batch_size)
+    labels = _check_eval_inputs(model, images, labels, batch_size)
     if key is None:
         key = jax.random.key(0)
     probs = rollout_probs(
@@ -202,7 +203,6 @@ def averaging_curve(
         num_samples=num_samples,
         loc_std_scale=float(loc_std_scale),
     )
-    labels = np.asarray(labels)
     singles = 100.0 * np.mean(np.argmax(np.asarray(probs), axis=-1) != labels, axis=-1)
     # Summed, not divided: the argmax of a sum is that of the mean.
     totals = np.cumsum(np.asarray(probs, np.float64), axis=0)
