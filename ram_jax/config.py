@@ -106,6 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.reinforce_weight = 1.0
     c.baseline_weight = 1.0
     c.mean_rollout_weight = 0.0  # > 0: add the cross-entropy of a deterministic episode
+    # > 0: add, with this weight, the cross-entropy of the action network run on the core state
+    # after each glimpse but the last, averaged over those glimpses (not in the paper).
+    c.intermediate_classification_weight = 0.0
     # > 0: that share of each batch's training episodes follows the policy mean (the evaluation
     # episode) instead of sampling, at no extra cost (not in the paper).
     c.mean_episode_fraction = 0.0
@@ -261,7 +264,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config.location_lr_scale == 1 or config.model == "ram",
         f"location_lr_scale applies to model 'ram' only, not {config.model!r}",
     )
-    for name in ("action_mlp", "location_mlp", "mean_rollout_weight"):
+    for name in (
+        "action_mlp",
+        "location_mlp",
+        "mean_rollout_weight",
+        "intermediate_classification_weight",
+    ):
         _check(
             config[name] == 0 or config.model == "ram",
             f"{name} applies to model 'ram' only, not {config.model!r}",
@@ -307,6 +315,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"model {config.model!r} with policy {config.policy!r}",
     )
     _check(
+        config.intermediate_classification_weight == 0 or config.num_glimpses >= 2,
+        "intermediate_classification_weight classifies after each glimpse but the last: it "
+        f"needs num_glimpses >= 2, got {config.num_glimpses}",
+    )
+    _check(
         config.mean_episode_fraction == 0 or config.rollouts_per_image == 1,
         "mean_episode_fraction needs rollouts_per_image == 1 (the episodes of one image are "
         f"compared with each other), got {config.rollouts_per_image}",
@@ -320,6 +333,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "reinforce_weight",
         "baseline_weight",
         "mean_rollout_weight",
+        "intermediate_classification_weight",
     ):
         _check(config[name] >= 0, f"{name} must be >= 0, got {config[name]}")
 

@@ -32,6 +32,7 @@ from jax.extend import core as jex_core
 __all__ = [
     "TRAIN_FORWARD_MULTIPLE",
     "RamFlops",
+    "action_head_flops",
     "conv_flops",
     "dot_general_flops",
     "jaxpr_flops",
@@ -113,13 +114,15 @@ def ram_forward_flops_per_image(
         (core_hidden * location_mlp + location_mlp * 2) if location_mlp else core_hidden * 2
     )
     heads = location_head + core_hidden * 1
-    action_head = (
-        (core_hidden * action_mlp + action_mlp * num_classes)
-        if action_mlp
-        else core_hidden * num_classes
-    )
-    multiply_adds = num_glimpses * (glimpse_net + core_net + heads) + action_head
-    return 2 * multiply_adds
+    multiply_adds = num_glimpses * (glimpse_net + core_net + heads)
+    return 2 * multiply_adds + action_head_flops(core_hidden, num_classes, action_mlp)
+
+
+def action_head_flops(core_hidden: int, num_classes: int, action_mlp: int = 0) -> int:
+    """FLOPs of the action network on one state: ``H -> K``, or ``H -> A -> K``."""
+    if action_mlp:
+        return 2 * (core_hidden * action_mlp + action_mlp * num_classes)
+    return 2 * core_hidden * num_classes
 
 
 class RamFlops(NamedTuple):
@@ -134,7 +137,9 @@ def ram_flops(config: Any, channels: int = 1) -> RamFlops:
     """``ram_forward_flops_per_image`` from a config (``ram_jax.config.default_config`` fields).
 
     Training counts every episode a step runs on an image: ``rollouts_per_image`` sampled
-    ones, and as many deterministic ones again when ``mean_rollout_weight > 0``.
+    ones, and as many deterministic ones again when ``mean_rollout_weight > 0``. With
+    ``intermediate_classification_weight > 0`` each sampled episode also runs the action
+    network at every glimpse (the last included, its output then dropped).
     """
     if config.model != "ram":
         raise ValueError(f"ram_flops counts the RAM only, not model {config.model!r}")
@@ -153,7 +158,14 @@ def ram_flops(config: Any, channels: int = 1) -> RamFlops:
         location_mlp=config.location_mlp,
         action_mlp=config.action_mlp,
     )
-    return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * forward * episodes)
+    training = forward * episodes
+    if config.intermediate_classification_weight > 0:
+        training += (
+            config.rollouts_per_image
+            * config.num_glimpses
+            * action_head_flops(config.core_hidden, config.num_classes, config.action_mlp)
+        )
+    return RamFlops(forward, forward, TRAIN_FORWARD_MULTIPLE * training)
 
 
 # --------------------------------------------------------------------------------------------

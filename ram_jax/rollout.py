@@ -111,6 +111,8 @@ class Trajectory(NamedTuple):
       log_probs: f32[T-1, B], log-density of the (unclipped) sample under that policy.
       baselines: f32[T-1, B], b_t from the state that chose ``locations[t + 1]``.
       logits: f32[B, K], the action network's output after the last glimpse.
+      step_logits: f32[T-1, B, K], the action network's output after each earlier glimpse,
+        from ``h_t`` without dropout (``rollout(..., classify_every_glimpse=True)``); else None.
     """
 
     locations: jax.Array
@@ -118,6 +120,7 @@ class Trajectory(NamedTuple):
     log_probs: jax.Array
     baselines: jax.Array
     logits: jax.Array
+    step_logits: jax.Array | None = None
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float | jax.Array) -> jax.Array:
@@ -171,6 +174,7 @@ def rollout(
     num_mean_episodes: int = 0,
     image_margin: int = 0,
     loc_std_scale: float | jax.Array = 1.0,
+    classify_every_glimpse: bool = False,
 ) -> Trajectory:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
@@ -197,6 +201,9 @@ def rollout(
       loc_std_scale: ``"sample"`` mode: the policy's std is ``spec.loc_std`` times this, which
         may be a traced scalar (a training schedule changes it without recompiling). The
         default 1.0 leaves the traced program exactly as without it.
+      classify_every_glimpse: also run the action network on the state after each glimpse but
+        the last (``Trajectory.step_logits``; training's ``intermediate_classification_weight``,
+        not in the paper). False, the default, leaves the traced program as without it.
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
@@ -277,17 +284,22 @@ def rollout(
         if random_policy:
             log_prob = jnp.zeros_like(log_prob)
         next_loc = jnp.clip(sample, -1.0, 1.0)
-        return (state, next_loc), (loc, mean, log_prob, baseline)
+        outputs = (loc, mean, log_prob, baseline)
+        if classify_every_glimpse:
+            outputs += (model.apply(variables, h, method=RAM.classify),)
+        return (state, next_loc), outputs
 
     state0 = initial_core_state(model.core, batch, model.core_hidden)
     unroll = spec.num_glimpses if spec.num_glimpses <= MAX_UNROLLED_GLIMPSES else 1
-    (state, _), (locs, means, log_probs, baselines) = jax.lax.scan(
+    (state, _), (locs, means, log_probs, baselines, *step_logits) = jax.lax.scan(
         glimpse_step, (state0, first_loc), step_keys, unroll=unroll
     )
     final = dropout(jax.random.fold_in(first_key, 1), state[-1], dropout_rate)
     logits = model.apply(variables, final, method=RAM.classify)
-    # The last step's policy output chooses no glimpse: drop it.
-    return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits)
+    # The last step's policy output chooses no glimpse (and its state is the one ``logits``
+    # classifies): drop it.
+    step_logits = step_logits[0][:-1] if classify_every_glimpse else None
+    return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits, step_logits)
 
 
 def sampled_class_probs(

@@ -365,6 +365,7 @@ def make_loss_fn(
     group_size: int = 1,
     num_mean_episodes: int = 0,
     image_margin: int = 0,
+    intermediate_classification_weight: float = 0.0,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -378,11 +379,20 @@ def make_loss_fn(
     (``rollout``'s argument): the classifier trains on the test-time episode at no extra cost.
     ``image_margin``: the images come with that many zero pixels around them (``rollout``'s
     argument). RAM's ``loss_fn`` also takes ``loc_std_scale`` (``rollout``'s argument; a
-    training schedule's). Baselines: cross-entropy only, on images without a margin.
+    training schedule's). ``intermediate_classification_weight > 0`` (not in the paper) adds,
+    with that weight, the cross-entropy of the action network run on the core state after each
+    glimpse but the last (``Trajectory.step_logits``), averaged over those glimpses and the
+    episodes: the core is asked to know the class as early as it can. Baselines: cross-entropy
+    only, on images without a margin.
     """
     if not isinstance(model, RAM):
         if image_margin:
             raise ValueError(f"{type(model).__name__} reads whole images: image_margin must be 0")
+        if intermediate_classification_weight:
+            raise ValueError(
+                f"{type(model).__name__} has no glimpses: intermediate_classification_weight "
+                "must be 0"
+            )
 
         def baseline_loss(params, images, labels, key):
             del key  # no randomness in a feed-forward classifier
@@ -390,6 +400,11 @@ def make_loss_fn(
             return classifier_loss(logits, labels)
 
         return baseline_loss
+    if intermediate_classification_weight and spec.num_glimpses < 2:
+        # One glimpse leaves no earlier state to classify: the mean would be over nothing.
+        raise ValueError(
+            f"intermediate_classification_weight needs num_glimpses >= 2, got {spec.num_glimpses}"
+        )
 
     def ram_loss(params, images, labels, key, loc_std_scale=1.0):
         traj = rollout(
@@ -403,10 +418,19 @@ def make_loss_fn(
             num_mean_episodes=num_mean_episodes,
             image_margin=image_margin,
             loc_std_scale=loc_std_scale,
+            classify_every_glimpse=intermediate_classification_weight > 0,
         )
         loss, metrics = hybrid_loss(
             traj, labels, weights, reward=reward, advantage=advantage, group_size=group_size
         )
+        if intermediate_classification_weight > 0:
+            step_labels = jnp.broadcast_to(labels, traj.step_logits.shape[:2])
+            step_ce = optax.softmax_cross_entropy_with_integer_labels(
+                traj.step_logits, step_labels
+            ).mean()
+            loss = loss + intermediate_classification_weight * step_ce
+            metrics["intermediate_classification"] = step_ce
+            metrics["loss"] = loss
         if mean_rollout_weight > 0:
             mean_logits = rollout(
                 model,
@@ -441,6 +465,7 @@ def make_train_step(
     num_mean_episodes: int = 0,
     image_margin: int = 0,
     loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    intermediate_classification_weight: float = 0.0,
 ) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
@@ -462,6 +487,7 @@ def make_train_step(
         group_size=group_size,
         num_mean_episodes=num_mean_episodes,
         image_margin=image_margin,
+        intermediate_classification_weight=intermediate_classification_weight,
     )
 
     def train_step(carry, images, labels, key, global_step):
@@ -507,6 +533,7 @@ def make_train_chunk(
     num_mean_episodes: int = 0,
     image_margin: int = 0,
     loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    intermediate_classification_weight: float = 0.0,
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -527,7 +554,8 @@ def make_train_chunk(
     ``image_margin``: every image reaches the step with that many zero pixels on each side
     (``rollout``'s argument; ``training_image_margin`` gives the one that spares the step its
     padding copy). A generated task makes its canvases with it; otherwise ``data.images`` must
-    already carry it. ``loc_std_schedule``: ``make_train_step``'s.
+    already carry it. ``loc_std_schedule`` and ``intermediate_classification_weight``:
+    ``make_train_step``'s and ``make_loss_fn``'s.
     """
     if image_margin and max_shift:
         raise ValueError("image_margin and max_shift: a shift would move digits into the margin")
@@ -551,6 +579,7 @@ def make_train_chunk(
         num_mean_episodes=num_mean_episodes,
         image_margin=image_margin,
         loc_std_schedule=loc_std_schedule,
+        intermediate_classification_weight=intermediate_classification_weight,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -867,6 +896,7 @@ def train_and_evaluate(
                 num_mean_episodes=mean_episodes_per_batch(config),
                 image_margin=training_image_margin(config, task),
                 loc_std_schedule=loc_std_schedule(config, steps_per_epoch),
+                intermediate_classification_weight=config.intermediate_classification_weight,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

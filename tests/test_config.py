@@ -167,6 +167,16 @@ def test_unknown_field_is_named():
         ("location_range", 1.2, r"location_range must be in \(0, 1\]"),
         ("advantage", "leave_one_out", "needs rollouts_per_image >= 2, got 1"),
         ("action_mlp", -1, "action_mlp must be a non-negative integer"),
+        (
+            "intermediate_classification_weight",
+            -0.1,
+            "intermediate_classification_weight must be >= 0",
+        ),
+        (
+            "intermediate_classification_weight",
+            float("nan"),
+            "intermediate_classification_weight must be >= 0",
+        ),
         ("validate_every", 0, "validate_every must be a positive integer"),
     ],
 )
@@ -185,6 +195,7 @@ def test_bad_values_rejected(field, value, match):
         ("action_mlp", 64),
         ("location_mlp", 64),
         ("mean_rollout_weight", 1.0),
+        ("intermediate_classification_weight", 0.3),
     ],
 )
 @pytest.mark.parametrize("model", ["fc", "conv"])
@@ -498,6 +509,10 @@ def test_learned_ram_recipe_is_validated():
         (
             {"mean_episode_fraction": 0.25, "rollouts_per_image": 2},
             "needs rollouts_per_image == 1",
+        ),
+        (
+            {"intermediate_classification_weight": 0.3, "num_glimpses": 1},
+            "needs num_glimpses >= 2, got 1",
         ),
     ],
 )

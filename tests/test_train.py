@@ -1228,6 +1228,17 @@ def test_loc_std_final_reaches_the_training_chunk(small_data, tmp_path, monkeypa
     np.testing.assert_allclose(falling["loc_std_schedule"](jnp.array(0)), 2.0, rtol=1e-6)
 
 
+def test_intermediate_classification_weight_reaches_the_training_chunk(
+    small_data, tmp_path, monkeypatch
+):
+    configs = [
+        small_config(num_epochs=1, warmup_epochs=0, intermediate_classification_weight=weight)
+        for weight in (0.0, 0.3)
+    ]
+    seen = chunk_arguments(configs, small_data, tmp_path, monkeypatch)
+    assert [kwargs["intermediate_classification_weight"] for kwargs in seen] == [0.0, 0.3]
+
+
 def test_mean_episode_fraction_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
     configs = [
         small_config(num_epochs=1, warmup_epochs=0, mean_episode_fraction=fraction)
