@@ -32,6 +32,7 @@ __all__ = [
     "POLICIES",
     "RolloutSpec",
     "Trajectory",
+    "TrajectoryWithStepLogits",
     "dropout",
     "gaussian_log_prob",
     "mc_class_probs",
@@ -111,8 +112,6 @@ class Trajectory(NamedTuple):
       log_probs: f32[T-1, B], log-density of the (unclipped) sample under that policy.
       baselines: f32[T-1, B], b_t from the state that chose ``locations[t + 1]``.
       logits: f32[B, K], the action network's output after the last glimpse.
-      step_logits: f32[T-1, B, K], the action network's output after each earlier glimpse,
-        from ``h_t`` without dropout (``rollout(..., classify_every_glimpse=True)``); else None.
     """
 
     locations: jax.Array
@@ -120,7 +119,23 @@ class Trajectory(NamedTuple):
     log_probs: jax.Array
     baselines: jax.Array
     logits: jax.Array
-    step_logits: jax.Array | None = None
+
+
+class TrajectoryWithStepLogits(NamedTuple):
+    """A ``Trajectory`` (the same fields, in the same order) plus the action network's output
+    after each earlier glimpse: ``rollout(..., classify_every_glimpse=True)``.
+
+    Attributes:
+      step_logits: f32[T-1, B, K], the action network on ``h_t`` (without dropout) for every
+        glimpse but the last, whose state ``logits`` classifies.
+    """
+
+    locations: jax.Array
+    means: jax.Array
+    log_probs: jax.Array
+    baselines: jax.Array
+    logits: jax.Array
+    step_logits: jax.Array
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: float | jax.Array) -> jax.Array:
@@ -175,7 +190,7 @@ def rollout(
     image_margin: int = 0,
     loc_std_scale: float | jax.Array = 1.0,
     classify_every_glimpse: bool = False,
-) -> Trajectory:
+) -> Trajectory | TrajectoryWithStepLogits:
     """Runs ``spec.num_glimpses`` glimpses over a batch.
 
     Args:
@@ -202,8 +217,9 @@ def rollout(
         may be a traced scalar (a training schedule changes it without recompiling). The
         default 1.0 leaves the traced program exactly as without it.
       classify_every_glimpse: also run the action network on the state after each glimpse but
-        the last (``Trajectory.step_logits``; training's ``intermediate_classification_weight``,
-        not in the paper). False, the default, leaves the traced program as without it.
+        the last, and return a ``TrajectoryWithStepLogits`` (training's
+        ``intermediate_classification_weight``; not in the paper). False, the default, leaves
+        the traced program and the returned ``Trajectory`` as without it.
 
     Returns:
       A ``Trajectory``. The same key (and inputs) gives the same trajectory.
@@ -298,8 +314,10 @@ def rollout(
     logits = model.apply(variables, final, method=RAM.classify)
     # The last step's policy output chooses no glimpse (and its state is the one ``logits``
     # classifies): drop it.
-    step_logits = step_logits[0][:-1] if classify_every_glimpse else None
-    return Trajectory(locs, means[:-1], log_probs[:-1], baselines[:-1], logits, step_logits)
+    fields = (locs, means[:-1], log_probs[:-1], baselines[:-1], logits)
+    if classify_every_glimpse:
+        return TrajectoryWithStepLogits(*fields, step_logits[0][:-1])
+    return Trajectory(*fields)
 
 
 def sampled_class_probs(

@@ -381,9 +381,9 @@ def make_loss_fn(
     argument). RAM's ``loss_fn`` also takes ``loc_std_scale`` (``rollout``'s argument; a
     training schedule's). ``intermediate_classification_weight > 0`` (not in the paper) adds,
     with that weight, the cross-entropy of the action network run on the core state after each
-    glimpse but the last (``Trajectory.step_logits``), averaged over those glimpses and the
-    episodes: the core is asked to know the class as early as it can. Baselines: cross-entropy
-    only, on images without a margin.
+    glimpse but the last (``TrajectoryWithStepLogits.step_logits``), averaged over those
+    glimpses and the episodes: the core is asked to know the class as early as it can.
+    Baselines: cross-entropy only, on images without a margin.
     """
     if not isinstance(model, RAM):
         if image_margin:

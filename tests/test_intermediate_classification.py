@@ -21,7 +21,7 @@ from ram_jax.baselines import FullyConnected
 from ram_jax.config import default_config
 from ram_jax.losses import LossWeights
 from ram_jax.networks import CORES, RAM
-from ram_jax.rollout import RolloutSpec, rollout
+from ram_jax.rollout import RolloutSpec, Trajectory, TrajectoryWithStepLogits, rollout
 from ram_jax.train import build_model, make_loss_fn, rollout_spec
 
 B, T, HW, K = 8, 4, 16, 10
@@ -58,7 +58,8 @@ def test_classifying_every_glimpse_leaves_the_episode_unchanged(mode):
     model, spec, params, images, _ = setup("rnn")
     plain = rollout(model, params, images, jax.random.key(5), spec, mode=mode)
     every = rollout(model, params, images, jax.random.key(5), spec, mode=mode, **EVERY)
-    assert plain.step_logits is None
+    assert type(plain) is Trajectory and type(every) is TrajectoryWithStepLogits
+    assert every._fields == (*Trajectory._fields, "step_logits")
     for name in ("locations", "means", "log_probs", "baselines", "logits"):
         np.testing.assert_allclose(getattr(every, name), getattr(plain, name), rtol=1e-6)
 
