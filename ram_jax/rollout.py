@@ -222,7 +222,8 @@ def rollout(
         the traced program and the returned ``Trajectory`` as without it.
 
     Returns:
-      A ``Trajectory``. The same key (and inputs) gives the same trajectory.
+      A ``Trajectory`` (a ``TrajectoryWithStepLogits`` with ``classify_every_glimpse``). The
+      same key (and inputs) gives the same trajectory.
     """
     if mode not in MODES:
         raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")

@@ -385,6 +385,11 @@ def make_loss_fn(
     glimpses and the episodes: the core is asked to know the class as early as it can.
     Baselines: cross-entropy only, on images without a margin.
     """
+    if not intermediate_classification_weight >= 0:
+        raise ValueError(
+            f"intermediate_classification_weight must be >= 0, got "
+            f"{intermediate_classification_weight!r}"
+        )
     if not isinstance(model, RAM):
         if image_margin:
             raise ValueError(f"{type(model).__name__} reads whole images: image_margin must be 0")

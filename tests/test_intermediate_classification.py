@@ -106,6 +106,13 @@ def test_the_term_trains_glimpse_core_and_action_networks_only(core):
             np.testing.assert_array_equal(leaf, 0.0)
 
 
+@pytest.mark.parametrize("weight", [-0.1, float("nan")])
+def test_a_negative_or_nan_weight_is_refused(weight):
+    model, spec, *_ = setup("rnn")
+    with pytest.raises(ValueError, match="intermediate_classification_weight must be >= 0"):
+        make_loss_fn(model, spec, LossWeights(), intermediate_classification_weight=weight)
+
+
 def test_refused_where_there_is_no_earlier_glimpse_or_no_glimpse_at_all():
     model, spec, *_ = setup("rnn", num_glimpses=1)
     with pytest.raises(ValueError, match="needs num_glimpses >= 2, got 1"):
