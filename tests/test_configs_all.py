@@ -9,6 +9,7 @@ added to ``ROWS``.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
 import re
@@ -20,6 +21,7 @@ import pytest
 
 from ram_jax import glimpse as retina
 from ram_jax.baselines import Convolutional, FullyConnected
+from ram_jax.config import validate_config
 from ram_jax.networks import RAM
 from ram_jax.rollout import rollout
 from ram_jax.tasks import get_task
@@ -57,6 +59,32 @@ ROWS = {
     ],
     "cluttered100": [None, "glimpses=4", "glimpses=6", "policy=random", "model=conv"],
 }
+
+# Recipe files: the table file they start from, and the overrides of it that the recipe's
+# recorded runs were given (BUILD_NOTES.md), which must be every field the file changes.
+RECIPES = {
+    "mnist28_ten_minutes": (
+        "mnist28",
+        "--config.optimizer=adam --config.learning_rate=2e-3 --config.location_lr_scale=1 "
+        "--config.location_range=0.4 --config.loc_std=0.5 --config.batch_size=256 "
+        "--config.checkpoint_every_s=60 --config.train_rotation=10 --config.train_scale=0.1 "
+        "--config.mean_episode_fraction=0.25 --config.intermediate_classification_weight=0.3 "
+        "--config.validate_every=5 --config.num_epochs=125",
+    ),
+}
+
+
+def parse_overrides(command: str) -> dict:
+    """``--config.field=value`` items as {field: value}, numbers parsed, other values as text."""
+    overrides = {}
+    for item in command.split():
+        field, value = item.removeprefix("--config.").split("=")
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except ValueError:
+            overrides[field] = value
+    return overrides
+
 
 # Per task: image side, RAM glimpses by default, glimpse side, scales, and the side of the
 # widest patch worked out by hand (size * 2 ** (scales - 1)), which must fit the image.
@@ -98,8 +126,8 @@ def test_config_folder_is_found():
     }
 
 
-def test_every_config_file_has_its_rows_here():
-    assert sorted(MODULES) == sorted(ROWS)
+def test_every_config_file_is_listed_here():
+    assert sorted(MODULES) == sorted([*ROWS, *RECIPES])
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -109,7 +137,7 @@ def test_docstring_command_line_names_the_file(name):
     assert f"--config=experiments/configs/{name}.py" in doc
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(ROWS))
 def test_docstring_rows_are_loadable_rows(name):
     # Every ``:arg`` the docstring offers is one of the rows tested here (so it is loaded below).
     documented = re.findall(r"``:([a-z]+=[^`]+)``", MODULES[name].__doc__)
@@ -118,7 +146,7 @@ def test_docstring_rows_are_loadable_rows(name):
         assert arg in ROWS[name], arg
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(ROWS))
 def test_docstring_default_row_matches_the_config(name):
     # "RAM, 8 glimpses of 12x12 at 3 scales": the default row as the docstring states it.
     match = re.search(r"RAM, (\d+) glimpses of (\d+)x(\d+) at (\d+) scales?", MODULES[name].__doc__)
@@ -289,16 +317,54 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(ROWS))
 @pytest.mark.parametrize(("arg", "named"), BAD_ARGS, ids=[a for a, _ in BAD_ARGS])
 def test_bad_argument_raises_naming_it(name, arg, named):
     with pytest.raises(ValueError, match=named):
         MODULES[name].get_config(arg)
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(ROWS))
 def test_empty_items_are_ignored(name):
     get_config = MODULES[name].get_config
     assert get_config("").to_dict() == get_config(None).to_dict() == get_config().to_dict()
     assert get_config("glimpses=3,").to_dict() == get_config("glimpses=3").to_dict()
     assert get_config("glimpses=3").num_glimpses == 3
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_changes_exactly_its_fields(name):
+    base, command = RECIPES[name]
+    changes = parse_overrides(command)
+    config = MODULES[name].get_config().to_dict()
+    default = MODULES[base].get_config().to_dict()
+    assert config.keys() == default.keys()
+    changed = {field: config[field] for field in config if config[field] != default[field]}
+    assert changed == changes
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_validates_and_runs_an_episode(name):
+    base, _ = RECIPES[name]
+    config = MODULES[name].get_config()
+    validate_config(config)
+    assert config.task == base
+    model, spec = build_model(config), rollout_spec(config)
+    side = RETINA[base][0]
+    state = jax.eval_shape(
+        lambda k: init_train_state(model, spec, optax.identity(), k, (side, side)),
+        jax.random.key(0),
+    )
+    logits = jax.eval_shape(
+        lambda p, x: rollout(model, p, x, jax.random.key(0), spec, mode="mean").logits,
+        state.params,
+        jax.ShapeDtypeStruct((2, side, side), jnp.uint8),
+    )
+    assert logits.shape == (2, config.num_classes)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_refuses_a_row_argument(name):
+    with pytest.raises(ValueError, match=rf"{name}\.py takes no row argument.*'glimpses=4'"):
+        MODULES[name].get_config("glimpses=4")
+    assert MODULES[name].get_config(None).to_dict() == MODULES[name].get_config().to_dict()
