@@ -81,7 +81,7 @@ def parse_overrides(command: str) -> dict:
         field, value = item.removeprefix("--config.").split("=")
         try:
             overrides[field] = ast.literal_eval(value)
-        except ValueError:
+        except (ValueError, SyntaxError):  # text such as "adam" or "lstm"
             overrides[field] = value
     return overrides
 
