@@ -112,6 +112,13 @@ def default_config() -> ml_collections.ConfigDict:
     # > 0: that share of each batch's training episodes follows the policy mean (the evaluation
     # episode) instead of sampling, at no extra cost (not in the paper).
     c.mean_episode_fraction = 0.0
+    # > 0: add, with this weight, the cross-entropy of each training episode against a soft
+    # target: the moving average, over the epochs, of the class probabilities the image's
+    # earlier sampled episodes gave (temporal ensembling; not in the paper). The average keeps
+    # temporal_ensemble_decay of its old value at each visit of the image (once an epoch).
+    c.temporal_ensemble_weight = 0.0
+    c.temporal_ensemble_decay = 0.8
+    c.temporal_ensemble_episodes = "all"  # or "mean": only the episodes on the policy mean
     c.reward = "correct"  # "correct" (the paper: 1 if right) or "probability" (p of the label)
     # REINFORCE's reward minus: "learned_baseline" (the paper's b_t) or "leave_one_out" (the mean
     # reward of the image's other episodes; needs rollouts_per_image >= 2; not in the paper).
@@ -325,6 +332,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"compared with each other), got {config.rollouts_per_image}",
     )
     _check(
+        0 <= config.temporal_ensemble_decay < 1,
+        f"temporal_ensemble_decay must be in [0, 1), got {config.temporal_ensemble_decay!r}",
+    )
+    _check(
+        config.temporal_ensemble_weight == 0
+        or (config.model == "ram" and config.policy == "learned"),
+        "temporal_ensemble_weight applies to RAM with a learned policy, not "
+        f"model {config.model!r} with policy {config.policy!r}",
+    )
+    _check(
+        config.temporal_ensemble_weight == 0 or config.rollouts_per_image == 1,
+        "temporal_ensemble_weight keeps one average per training image: it needs "
+        f"rollouts_per_image == 1, got {config.rollouts_per_image}",
+    )
+    _check(
+        config.temporal_ensemble_episodes in ("all", "mean"),
+        "temporal_ensemble_episodes must be 'all' or 'mean', got "
+        f"{config.temporal_ensemble_episodes!r}",
+    )
+    _check(
+        config.temporal_ensemble_episodes == "all" or config.mean_episode_fraction > 0,
+        "temporal_ensemble_episodes 'mean' needs mean_episode_fraction > 0",
+    )
+    _check(
         config.warmup_epochs < config.num_epochs,
         f"warmup_epochs ({config.warmup_epochs}) must be < num_epochs ({config.num_epochs})",
     )
@@ -334,6 +365,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "baseline_weight",
         "mean_rollout_weight",
         "intermediate_classification_weight",
+        "temporal_ensemble_weight",
     ):
         _check(config[name] >= 0, f"{name} must be >= 0, got {config[name]}")
 

@@ -76,6 +76,11 @@ class TrainState:
     step: jax.Array  # int32[], number of updates applied
     params: Any
     opt_state: Any
+    # With ``temporal_ensemble_weight > 0``: f32[N, K + 1], for each training image the moving
+    # average of its sampled episodes' class probabilities and, in the last column, the same
+    # average of 1 (so row / last column is the bias-corrected mean; 0 before the first visit).
+    # None otherwise, which leaves the checkpoint's structure as before the option.
+    soft_targets: Any = None
 
 
 class LoopCarry(NamedTuple):
@@ -366,6 +371,8 @@ def make_loss_fn(
     num_mean_episodes: int = 0,
     image_margin: int = 0,
     intermediate_classification_weight: float = 0.0,
+    temporal_ensemble_weight: float = 0.0,
+    temporal_ensemble_episodes: str = "all",
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict]]:
     """``loss_fn(params, images, labels, key) -> (loss, metrics)`` for any of the models.
 
@@ -383,6 +390,13 @@ def make_loss_fn(
     with that weight, the cross-entropy of the action network run on the core state after each
     glimpse but the last (``TrajectoryWithStepLogits.step_logits``), averaged over those
     glimpses and the episodes: the core is asked to know the class as early as it can.
+    ``temporal_ensemble_weight > 0`` (not in the paper): RAM's ``loss_fn`` then takes
+    ``soft_targets`` f32[B, K + 1] (``TrainState.soft_targets``' rows of the batch's images) and
+    adds, with that weight, the cross-entropy of the episodes' classifications against them,
+    averaged over the episodes whose image has a target yet (``temporal_ensemble_episodes``:
+    ``"all"`` of them, or only the ``"mean"`` episodes); its metrics then carry
+    ``episode_probs`` f32[B, K], the episodes' class probabilities, for ``make_train_step`` to
+    fold into the averages.
     Baselines: cross-entropy only, on images without a margin.
     """
     if not intermediate_classification_weight >= 0:
@@ -411,7 +425,7 @@ def make_loss_fn(
             f"intermediate_classification_weight needs num_glimpses >= 2, got {spec.num_glimpses}"
         )
 
-    def ram_loss(params, images, labels, key, loc_std_scale=1.0):
+    def ram_loss(params, images, labels, key, loc_std_scale=1.0, soft_targets=None):
         traj = rollout(
             model,
             params,
@@ -451,6 +465,18 @@ def make_loss_fn(
             loss = loss + mean_rollout_weight * mean_ce
             metrics["mean_classification"] = mean_ce
             metrics["loss"] = loss
+        if temporal_ensemble_weight > 0:
+            coverage = soft_targets[:, -1:]
+            targets = soft_targets[:, :-1] / jnp.maximum(coverage, 1e-12)
+            taught = coverage[:, 0] > 0
+            if temporal_ensemble_episodes == "mean":
+                taught = taught & (jnp.arange(labels.shape[0]) < num_mean_episodes)
+            per_episode = optax.softmax_cross_entropy(traj.logits, targets)
+            soft_ce = jnp.where(taught, per_episode, 0.0).sum() / jnp.maximum(taught.sum(), 1)
+            loss = loss + temporal_ensemble_weight * soft_ce
+            metrics["temporal_ensemble"] = soft_ce
+            metrics["loss"] = loss
+            metrics["episode_probs"] = jax.nn.softmax(jax.lax.stop_gradient(traj.logits))
         return loss, metrics
 
     return ram_loss
@@ -471,13 +497,19 @@ def make_train_step(
     image_margin: int = 0,
     loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
     intermediate_classification_weight: float = 0.0,
-) -> Callable[[LoopCarry, jax.Array, jax.Array, jax.Array, jax.Array], tuple[LoopCarry, dict]]:
+    temporal_ensemble_weight: float = 0.0,
+    temporal_ensemble_decay: float = 0.8,
+    temporal_ensemble_episodes: str = "all",
+) -> Callable[..., tuple[LoopCarry, dict]]:
     """``train_step(carry, images, labels, key, global_step) -> (carry, metrics)``, pure.
 
     The loss is ``make_loss_fn``'s. A non-finite loss or gradient leaves the state untouched and
     records ``global_step`` in ``carry.halted_at``; every later step is then a no-op.
     ``loc_std_schedule`` (RAM; ``train.loc_std_schedule``) maps ``global_step`` to the policy
-    std's scale for that step's episodes.
+    std's scale for that step's episodes. ``temporal_ensemble_weight > 0``: ``train_step`` also
+    takes ``image_index`` int32[B], the batch's rows of ``state.soft_targets``; each sampled
+    episode's class probabilities enter its image's average as
+    ``decay * old + (1 - decay) * [probs, 1]`` (only when the step is applied).
     """
     if loc_std_schedule is not None and not isinstance(model, RAM):
         raise ValueError(f"{type(model).__name__} has no location policy: no loc_std_schedule")
@@ -493,12 +525,16 @@ def make_train_step(
         num_mean_episodes=num_mean_episodes,
         image_margin=image_margin,
         intermediate_classification_weight=intermediate_classification_weight,
+        temporal_ensemble_weight=temporal_ensemble_weight,
+        temporal_ensemble_episodes=temporal_ensemble_episodes,
     )
 
-    def train_step(carry, images, labels, key, global_step):
+    def train_step(carry, images, labels, key, global_step, image_index=None):
         state = carry.state
         # No keyword at all without a schedule: the baselines' loss takes none.
         extra = {} if loc_std_schedule is None else {"loc_std_scale": loc_std_schedule(global_step)}
+        if temporal_ensemble_weight > 0:
+            extra["soft_targets"] = state.soft_targets[image_index]
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, images, labels, key, **extra
         )
@@ -507,8 +543,22 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         apply = finite & (carry.halted_at < 0)
+        soft_targets = state.soft_targets
+        if temporal_ensemble_weight > 0:
+            probs = metrics.pop("episode_probs")
+            old = extra["soft_targets"]
+            seen = jnp.concatenate([probs, jnp.ones_like(probs[:, :1])], axis=1)
+            new = temporal_ensemble_decay * old + (1 - temporal_ensemble_decay) * seen
+            sampled = (jnp.arange(old.shape[0]) >= num_mean_episodes)[:, None]
+            rows = jnp.where(apply & sampled, new, old)
+            soft_targets = soft_targets.at[image_index].set(rows)
         new_state = TrainState(state.step + 1, params, opt_state)
-        state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_state, state)
+        kept = jax.tree.map(
+            lambda new, old: jnp.where(apply, new, old),
+            new_state,
+            TrainState(state.step, state.params, state.opt_state),
+        )
+        state = kept.replace(soft_targets=soft_targets)
         halted_at = jnp.where((carry.halted_at < 0) & ~finite, global_step, carry.halted_at)
         metrics["grad_norm"] = grad_norm
         return LoopCarry(state, halted_at.astype(jnp.int32)), metrics
@@ -539,6 +589,9 @@ def make_train_chunk(
     image_margin: int = 0,
     loc_std_schedule: Callable[[jax.Array], jax.Array] | None = None,
     intermediate_classification_weight: float = 0.0,
+    temporal_ensemble_weight: float = 0.0,
+    temporal_ensemble_decay: float = 0.8,
+    temporal_ensemble_episodes: str = "all",
 ) -> Callable[..., tuple[LoopCarry, dict]]:
     """A pure function running ``num_steps`` training steps of one epoch in a ``lax.scan``.
 
@@ -585,6 +638,9 @@ def make_train_chunk(
         image_margin=image_margin,
         loc_std_schedule=loc_std_schedule,
         intermediate_classification_weight=intermediate_classification_weight,
+        temporal_ensemble_weight=temporal_ensemble_weight,
+        temporal_ensemble_decay=temporal_ensemble_decay,
+        temporal_ensemble_episodes=temporal_ensemble_episodes,
     )
 
     def train_chunk(carry, data: Dataset, data_key, step_key, epoch, first_step):
@@ -619,6 +675,8 @@ def make_train_chunk(
                 # A stream of its own, so runs without shifts keep their keys.
                 images = random_shift(jax.random.fold_in(key, 1), images, max_shift)
                 key = jax.random.fold_in(key, 0)
+            if temporal_ensemble_weight > 0:
+                return train_step(carry, images, labels, key, global_step, image_index=idx)
             return train_step(carry, images, labels, key, global_step)
 
         return jax.lax.scan(body, carry, jnp.arange(num_steps))
@@ -843,6 +901,9 @@ def train_and_evaluate(
     keys = replicate_keys(config.seed, num_seeds)
     image_shape = task.image_shape
     state = init_replicates(model, spec, optimizer, keys.init, image_shape)
+    if config.temporal_ensemble_weight > 0:
+        rows = (num_seeds, len(data.train.labels), config.num_classes + 1)
+        state = state.replace(soft_targets=jnp.zeros(rows, jnp.float32))
     state = parallel.replicate_on(mesh, state)
     train_data = parallel.replicate_on(mesh, data.train)
 
@@ -902,6 +963,9 @@ def train_and_evaluate(
                 image_margin=training_image_margin(config, task),
                 loc_std_schedule=loc_std_schedule(config, steps_per_epoch),
                 intermediate_classification_weight=config.intermediate_classification_weight,
+                temporal_ensemble_weight=config.temporal_ensemble_weight,
+                temporal_ensemble_decay=config.temporal_ensemble_decay,
+                temporal_ensemble_episodes=config.temporal_ensemble_episodes,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

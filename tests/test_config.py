@@ -514,6 +514,17 @@ def test_learned_ram_recipe_is_validated():
             {"intermediate_classification_weight": 0.3, "num_glimpses": 1},
             "needs num_glimpses >= 2, got 1",
         ),
+        ({"temporal_ensemble_weight": -1.0}, "temporal_ensemble_weight must be >= 0"),
+        ({"temporal_ensemble_decay": 1.0}, r"temporal_ensemble_decay must be in \[0, 1\)"),
+        ({"temporal_ensemble_decay": -0.1}, r"temporal_ensemble_decay must be in \[0, 1\)"),
+        ({"temporal_ensemble_weight": 1.0, "model": "fc"}, "temporal_ensemble_weight applies"),
+        ({"temporal_ensemble_weight": 1.0, "policy": "random"}, "learned policy"),
+        (
+            {"temporal_ensemble_weight": 1.0, "rollouts_per_image": 2},
+            "one average per training image: it needs rollouts_per_image == 1, got 2",
+        ),
+        ({"temporal_ensemble_episodes": "sampled"}, "must be 'all' or 'mean', got 'sampled'"),
+        ({"temporal_ensemble_episodes": "mean"}, "'mean' needs mean_episode_fraction > 0"),
     ],
 )
 def test_policy_training_options_reject(fields, match):

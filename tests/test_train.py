@@ -382,6 +382,48 @@ def test_sparse_checkpoints_write_best_params_with_them_and_resume_exactly(
         assert results_b[name] == results_a[name], name
 
 
+def test_temporal_ensemble_averages_are_checkpointed_and_resume_exactly(
+    small_data, tmp_path, monkeypatch
+):
+    # The per-image averages live in the checkpointed state: a run killed after epoch 1's
+    # checkpoint resumes to the uninterrupted run's records and state, averages included.
+    config = small_config(
+        num_epochs=2, mean_episode_fraction=0.25, temporal_ensemble_weight=1.0, mc_samples=1
+    )
+    results_a = train_and_evaluate(config, tmp_path / "a", datasets=small_data)
+    original_save = checkpoint.CheckpointStore.save
+
+    def save_then_die(self, epoch, state, meta):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original_save(self, epoch, state, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.CheckpointStore, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(config, tmp_path / "b", datasets=small_data)
+    results_b = train_and_evaluate(config, tmp_path / "b", datasets=small_data)
+
+    records = [checkpoint.read_jsonl(tmp_path / w / "metrics.jsonl") for w in ("a", "b")]
+    assert without_timing(records[1]) == without_timing(records[0])
+    assert records[0][1]["temporal_ensemble"] > 0  # epoch 2 taught against epoch 1's averages
+    template = state_template(config, small_data)
+    rows = (1, len(small_data.train.labels), config.num_classes + 1)
+    template = template.replace(soft_targets=jnp.zeros(rows, jnp.float32))
+    state_a, _ = restore_checkpoint(tmp_path / "a", 2, template)
+    state_b, _ = restore_checkpoint(tmp_path / "b", 2, template)
+    assert_trees_equal(state_b, state_a)
+    table = np.asarray(state_a.soft_targets[0])
+    # Each image was visited twice, each time by a sampled episode or a mean one (which leaves
+    # the row alone): its weight is 0 (two mean episodes), 0.2 (one sampled) or 0.36 (two).
+    weights = np.array([0.0, 0.2, 0.36])
+    nearest = np.abs(table[:, -1:] - weights).argmin(1)
+    np.testing.assert_allclose(table[:, -1], weights[nearest], atol=1e-6)
+    assert set(nearest) == {0, 1, 2}
+    np.testing.assert_allclose(table[:, :-1].sum(1), table[:, -1], rtol=1e-5)
+    assert results_b["test_error_pct"] == results_a["test_error_pct"]
+
+
 def test_validate_every_validates_and_selects_among_those_epochs_only(
     uninterrupted_run, small_data, tmp_path
 ):
@@ -1237,6 +1279,26 @@ def test_intermediate_classification_weight_reaches_the_training_chunk(
     ]
     seen = chunk_arguments(configs, small_data, tmp_path, monkeypatch)
     assert [kwargs["intermediate_classification_weight"] for kwargs in seen] == [0.0, 0.3]
+
+
+def test_temporal_ensemble_fields_reach_the_training_chunk(small_data, tmp_path, monkeypatch):
+    fields = dict(temporal_ensemble_decay=0.6, temporal_ensemble_episodes="mean")
+    configs = [
+        small_config(
+            num_epochs=1,
+            warmup_epochs=0,
+            mean_episode_fraction=0.25,
+            temporal_ensemble_weight=weight,
+            **fields,
+        )
+        for weight in (0.0, 2.0)
+    ]
+    seen = chunk_arguments(configs, small_data, tmp_path, monkeypatch)
+    names = ("temporal_ensemble_weight", "temporal_ensemble_decay", "temporal_ensemble_episodes")
+    assert [tuple(kwargs[n] for n in names) for kwargs in seen] == [
+        (0.0, 0.6, "mean"),
+        (2.0, 0.6, "mean"),
+    ]
 
 
 def test_mean_episode_fraction_reaches_the_training_chunk(small_data, tmp_path, monkeypatch):
