@@ -46,6 +46,9 @@ def run_span(config, data, mesh, num_steps):
     optimizer = train.make_optimizer(config, num_steps)
     keys = train.run_keys(config.seed)
     state = train.init_train_state(model, spec, optimizer, keys.init, (28, 28))
+    if config.temporal_ensemble_weight > 0:
+        rows = jnp.zeros((len(data.labels), config.num_classes + 1), jnp.float32)
+        state = state.replace(soft_targets=rows)
     chunk = train.make_train_chunk(
         model,
         spec,
@@ -56,6 +59,8 @@ def run_span(config, data, mesh, num_steps):
         steps_per_epoch=num_steps,
         mesh=mesh,
         task=train.get_task(config.task),
+        num_mean_episodes=train.mean_episodes_per_batch(config),
+        temporal_ensemble_weight=config.temporal_ensemble_weight,
     )
     carry = train.LoopCarry(state, jnp.array(-1, jnp.int32))
     if mesh is not None:
@@ -70,7 +75,10 @@ def run_span(config, data, mesh, num_steps):
 def main() -> None:
     task = sys.argv[1] if len(sys.argv) > 1 else "mnist28"
     overrides = {}
-    if task != "mnist28":
+    if task == "mnist28_temporal_ensemble":
+        # Per-image soft targets: a table gathered and scattered by the sharded batch's rows.
+        overrides = dict(mean_episode_fraction=0.25, temporal_ensemble_weight=1.0)
+    elif task != "mnist28":
         overrides = dict(task=task, glimpse_size=12, glimpse_scales=3)
     config = tiny_config(**overrides)
     data = synthetic(jax.random.key(1), 4 * config.batch_size)
@@ -83,6 +91,11 @@ def main() -> None:
         sharded.state.params,
     )
     leaf = jax.tree.leaves(sharded.state.params)[0]
+    soft_diff = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        single.state.soft_targets,
+        sharded.state.soft_targets,
+    )
     # The whole run on 8 devices: checkpoints, resume-free path, evaluation.
     with tempfile.TemporaryDirectory() as workdir:
         datasets = train.Datasets(data, None, synthetic(jax.random.key(2), 64))
@@ -94,6 +107,12 @@ def main() -> None:
                 "devices": jax.device_count(),
                 "mesh_devices": int(mesh.devices.size),
                 "max_param_diff": max(jax.tree.leaves(diffs)),
+                # null without soft targets; else the largest difference of the two tables
+                "max_soft_target_diff": soft_diff,
+                "soft_targets_filled": bool(
+                    single.state.soft_targets is not None
+                    and np.asarray(single.state.soft_targets)[:, -1].max() > 0
+                ),
                 "loss_single": np.asarray(single_metrics["loss"]).tolist(),
                 "loss_sharded": np.asarray(sharded_metrics["loss"]).tolist(),
                 "all_reduce_in_hlo": "all-reduce" in hlo,
@@ -103,6 +122,7 @@ def main() -> None:
                 "full_run_metric_lines": metric_lines,
                 "full_run_device": results["device"],
                 "num_epochs": config.num_epochs,
+                "task": task,
             }
         )
     )

@@ -37,7 +37,7 @@ def run_script(task: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module", params=["mnist28", "cluttered60"])
+@pytest.fixture(scope="module", params=["mnist28", "cluttered60", "mnist28_temporal_ensemble"])
 def report(request):
     return run_script(request.param)
 
@@ -50,6 +50,11 @@ def test_mesh_spans_all_eight_devices(report):
 def test_sharded_training_matches_single_device(report):
     np.testing.assert_allclose(report["loss_sharded"], report["loss_single"], rtol=1e-5)
     assert report["max_param_diff"] < 1e-5
+    if report["task"] == "mnist28_temporal_ensemble":
+        assert report["soft_targets_filled"]
+        assert report["max_soft_target_diff"] < 1e-5
+    else:
+        assert report["max_soft_target_diff"] is None
 
 
 def test_gradients_are_all_reduced_and_parameters_replicated(report):
