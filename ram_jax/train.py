@@ -404,7 +404,18 @@ def make_loss_fn(
             f"intermediate_classification_weight must be >= 0, got "
             f"{intermediate_classification_weight!r}"
         )
+    if not temporal_ensemble_weight >= 0:
+        raise ValueError(f"temporal_ensemble_weight must be >= 0, got {temporal_ensemble_weight!r}")
+    if temporal_ensemble_episodes not in ("all", "mean"):
+        raise ValueError(
+            "temporal_ensemble_episodes must be 'all' or 'mean', got "
+            f"{temporal_ensemble_episodes!r}"
+        )
     if not isinstance(model, RAM):
+        if temporal_ensemble_weight:
+            raise ValueError(
+                f"{type(model).__name__} has no episodes: temporal_ensemble_weight must be 0"
+            )
         if image_margin:
             raise ValueError(f"{type(model).__name__} reads whole images: image_margin must be 0")
         if intermediate_classification_weight:
@@ -466,6 +477,11 @@ def make_loss_fn(
             metrics["mean_classification"] = mean_ce
             metrics["loss"] = loss
         if temporal_ensemble_weight > 0:
+            if soft_targets is None:
+                raise ValueError(
+                    "temporal_ensemble_weight > 0: the loss needs soft_targets, the rows of "
+                    "TrainState.soft_targets for the batch's images"
+                )
             coverage = soft_targets[:, -1:]
             targets = soft_targets[:, :-1] / jnp.maximum(coverage, 1e-12)
             taught = coverage[:, 0] > 0
@@ -513,6 +529,10 @@ def make_train_step(
     """
     if loc_std_schedule is not None and not isinstance(model, RAM):
         raise ValueError(f"{type(model).__name__} has no location policy: no loc_std_schedule")
+    if not 0 <= temporal_ensemble_decay < 1:
+        raise ValueError(
+            f"temporal_ensemble_decay must be in [0, 1), got {temporal_ensemble_decay!r}"
+        )
     loss_fn = make_loss_fn(
         model,
         spec,
@@ -534,6 +554,11 @@ def make_train_step(
         # No keyword at all without a schedule: the baselines' loss takes none.
         extra = {} if loc_std_schedule is None else {"loc_std_scale": loc_std_schedule(global_step)}
         if temporal_ensemble_weight > 0:
+            if image_index is None or state.soft_targets is None:
+                raise ValueError(
+                    "temporal_ensemble_weight > 0: train_step needs image_index and a state "
+                    "with soft_targets (f32[N, num_classes + 1])"
+                )
             extra["soft_targets"] = state.soft_targets[image_index]
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, images, labels, key, **extra

@@ -69,7 +69,7 @@ RECIPES = {
         "--config.location_range=0.4 --config.loc_std=0.5 --config.batch_size=256 "
         "--config.checkpoint_every_s=60 --config.train_rotation=10 --config.train_scale=0.1 "
         "--config.mean_episode_fraction=0.25 --config.intermediate_classification_weight=0.3 "
-        "--config.validate_every=5 --config.num_epochs=125",
+        "--config.validate_every=5 --config.num_epochs=120 --config.temporal_ensemble_weight=1.0",
     ),
 }
 

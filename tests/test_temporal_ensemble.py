@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from ram_jax.baselines import FullyConnected
 from ram_jax.losses import LossWeights
 from ram_jax.networks import RAM
 from ram_jax.rollout import RolloutSpec, rollout
@@ -182,3 +183,30 @@ def test_a_halted_run_changes_no_average():
     after, _ = step(halted, images, labels, jax.random.key(4), jnp.asarray(7), image_index=index)
     np.testing.assert_array_equal(after.state.soft_targets, start)
     assert int(after.halted_at) == 3 and int(after.state.step) == 0
+
+
+def test_misuse_is_refused_with_an_error_naming_it():
+    model, spec, params, images, labels = setup()
+    with pytest.raises(ValueError, match="temporal_ensemble_weight must be >= 0"):
+        make_loss_fn(model, spec, LossWeights(), temporal_ensemble_weight=float("nan"))
+    with pytest.raises(ValueError, match="must be 'all' or 'mean', got 'sampled'"):
+        make_loss_fn(
+            model,
+            spec,
+            LossWeights(),
+            temporal_ensemble_weight=1.0,
+            temporal_ensemble_episodes="sampled",
+        )
+    with pytest.raises(ValueError, match="FullyConnected has no episodes"):
+        make_loss_fn(FullyConnected(num_classes=K), None, LossWeights(), temporal_ensemble_weight=1)
+    loss_fn = make_loss_fn(model, spec, LossWeights(), temporal_ensemble_weight=1.0)
+    with pytest.raises(ValueError, match="the loss needs soft_targets"):
+        loss_fn(params, images, labels, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"temporal_ensemble_decay must be in \[0, 1\)"):
+        make_train_step(
+            model, spec, LossWeights(), optax.sgd(0.1), temporal_ensemble_weight=1.0,
+            temporal_ensemble_decay=1.0,
+        )  # fmt: skip
+    step, carry, _, images, labels = make_step()
+    with pytest.raises(ValueError, match="train_step needs image_index"):
+        step(carry, images, labels, jax.random.key(0), jnp.asarray(0))
