@@ -460,3 +460,24 @@ def test_chunk_hands_the_step_its_groups(advantage, monkeypatch):
     )  # fmt: skip
     assert seen["advantage"] == advantage
     assert seen["group_size"] == 3
+
+
+def test_replicates_keep_their_own_soft_targets(data, tmp_path):
+    # temporal_ensemble_weight: the per-image table is part of each replicate's state, so
+    # replicate 1 of a two-seed run holds the table of seed 6 trained alone.
+    fields = dict(mean_episode_fraction=0.25, temporal_ensemble_weight=1.0)
+    config_2 = tiny_config(num_seeds=2, **fields)
+    config_1 = tiny_config(seed=SEED + 1, num_seeds=1, **fields)
+    train_and_evaluate(config_2, tmp_path / "two", datasets=data)
+    train_and_evaluate(config_1, tmp_path / "one", datasets=data)
+    tables = []
+    for config, name in ((config_2, "two"), (config_1, "one")):
+        template = state_template(config, STEPS_PER_EPOCH)
+        rows = jax.ShapeDtypeStruct((config.num_seeds, 640, config.num_classes + 1), jnp.float32)
+        state, _ = restore(tmp_path / name, 2, template.replace(soft_targets=rows))
+        tables.append(np.asarray(state.soft_targets))
+    two, one = tables
+    assert two.shape == (2, 640, 11) and one.shape == (1, 640, 11)
+    np.testing.assert_allclose(two[1], one[0], atol=1e-4)
+    assert np.max(np.abs(two[0] - one[0])) > 1e-2  # seed 5's table is another run's
+    assert (one[0, :, -1] > 0).mean() > 0.5  # most images were sampled at least once
