@@ -24,8 +24,16 @@ class Progress:
     predicts from its own speed, not from the steps it skipped.
     """
 
-    def __init__(self, total: int, done: int = 0, stream: TextIO | None = None, width: int = 24):
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        stream: TextIO | None = None,
+        width: int = 24,
+        enabled: bool = True,
+    ):
         self.total = total
+        self._enabled = enabled  # False: counts, prints nothing (a run's other processes)
         self.done = done
         self._start_done = done
         self._start = time.perf_counter()
@@ -48,6 +56,8 @@ class Progress:
         eta = self.eta_seconds()
         eta_text = "ETA --" if eta is None else f"ETA {format_seconds(eta)}"
         line = f"[{bar}] {100 * fraction:5.1f}% {eta_text} {message}".rstrip()
+        if not self._enabled:
+            return
         if self._tty:
             self._stream.write("\r\x1b[K" + line)
         else:
@@ -55,6 +65,6 @@ class Progress:
         self._stream.flush()
 
     def close(self) -> None:
-        if self._tty:
+        if self._enabled and self._tty:
             self._stream.write("\n")
             self._stream.flush()

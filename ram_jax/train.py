@@ -9,6 +9,7 @@ resumed from its last epoch checkpoint therefore ends in the same state as one n
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -783,7 +784,9 @@ def describe_device() -> str:
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":
         kind = f"{_cpu_model()} ({os.cpu_count()} cores)"
-    return f"{jax.default_backend()}: {kind} x{len(devices)}"
+    processes = jax.process_count()
+    over = f" over {processes} processes" if processes > 1 else ""
+    return f"{jax.default_backend()}: {kind} x{len(devices)}{over}"
 
 
 def git_commit() -> str:
@@ -854,6 +857,10 @@ def replicate(tree: Any, index: int) -> Any:
     return jax.tree.map(lambda x: x[index], tree)
 
 
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` for the processes of a multi-process run that leave reporting to the first."""
+
+
 def params_file(seeds: list[int], index: int) -> str:
     """Where the best parameters of replicate ``index`` are saved in a workdir."""
     if len(seeds) == 1:
@@ -875,6 +882,9 @@ def train_and_evaluate(
     ``datasets`` may be given to skip loading (tests); otherwise ``load_datasets(config)``.
     """
     validate_config(config)
+    if config.distributed:
+        # First: JAX joins the processes before anything starts its backend.
+        parallel.initialize_distributed()
     if config.num_seeds > 1:
         # A guard beside init_replicates: XLA starts below at the latest (data_mesh), and reads
         # the flag then or never.
@@ -888,8 +898,6 @@ def train_and_evaluate(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    if config.distributed:
-        parallel.initialize_distributed()
     mesh = parallel.data_mesh()
     parallel.check_divisible(config.batch_size, mesh)
     workdir = pathlib.Path(workdir)
@@ -914,6 +922,9 @@ def train_and_evaluate(
     phases = dict.fromkeys(PHASES, 0.0)
     phases["load_data"] = time.perf_counter() - start
     writer = writes_workdir_files()
+    # The other processes of a multi-process run compute the same values: only the writer
+    # prints them, so that a shared log holds each line once.
+    say = functools.partial(print, flush=True) if writer else _silent
     # Written once the data loaded: a run that failed before training binds the workdir to nothing.
     if writer:
         checkpoint.atomic_write_json(config_path, config_dict)
@@ -951,7 +962,7 @@ def train_and_evaluate(
     if restored is not None:
         _, state, meta = restored
         state = parallel.replicate_on(mesh, state)
-        print(f"resuming {workdir} from epoch {meta['epoch']}", flush=True)
+        say(f"resuming {workdir} from epoch {meta['epoch']}")
         for name in ("best_epoch", "best_val_error_pct"):  # one seed, before replicates existed
             if not isinstance(meta[name], list):
                 meta[name] = [meta[name]]
@@ -1009,7 +1020,9 @@ def train_and_evaluate(
 
     # Every input placed as the outputs will be, so the span is traced and compiled once.
     carry = parallel.replicate_on(mesh, LoopCarry(state, jnp.full((num_seeds,), -1, jnp.int32)))
-    progress = Progress(config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
+    progress = Progress(
+        config.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch, enabled=writer
+    )
     first_epoch = meta["epoch"]
     timed_images, timed_seconds = 0, 0.0  # epochs after this process's first (which compiles)
     # Best parameters found since the last checkpoint are written with it, not before: a resumed
@@ -1168,18 +1181,16 @@ def train_and_evaluate(
     mc = config.mc_samples
     for run in runs:
         which = "" if num_seeds == 1 else f" (seed {run['seed']})"
-        print(
+        say(
             f"done{which}: best epoch "
             f"{run['best_epoch']}, val {run['val_error_pct']}%, test "
-            f"{run['test_error_pct']:.2f}% (MC{mc} {run['test_error_mc_pct']:.2f}%)",
-            flush=True,
+            f"{run['test_error_pct']:.2f}% (MC{mc} {run['test_error_mc_pct']:.2f}%)"
         )
-    print(f"training time {format_seconds(meta['train_seconds'])}", flush=True)
-    print(
+    say(f"training time {format_seconds(meta['train_seconds'])}")
+    say(
         "this process: "
         + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in phases.items())
-        + f"; wall {wall:.1f} s",
-        flush=True,
+        + f"; wall {wall:.1f} s"
     )
     return results
 

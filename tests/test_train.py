@@ -964,6 +964,17 @@ def test_progress_tty_redraws_in_place():
     assert text.count("\n") == 1 and text.endswith("\n")
 
 
+@pytest.mark.parametrize("stream_class", [io.StringIO, TtyStream])
+def test_progress_disabled_counts_but_prints_nothing(stream_class):
+    # The other processes of a multi-process run: the first one prints for them.
+    stream = stream_class()
+    bar = progress.Progress(total=4, stream=stream, enabled=False)
+    bar.update(2, "a")
+    bar.close()
+    assert bar.done == 2
+    assert stream.getvalue() == ""
+
+
 def test_format_seconds():
     assert progress.format_seconds(0) == "0m00s"
     assert progress.format_seconds(65) == "1m05s"
