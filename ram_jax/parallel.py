@@ -81,11 +81,15 @@ def initialize_distributed(environ: Mapping[str, str] | None = None) -> None:
     ``RAM_JAX_NUM_PROCESSES`` and ``RAM_JAX_PROCESS_ID`` (``process_layout``). Every process
     must run the same config on the same data, with a workdir on a filesystem they all see
     (orbax writes each checkpoint from all of them). CPU processes exchange gradients through
-    gloo, JAX's default CPU collectives.
+    gloo (JAX's default CPU collectives; set here where an older JAX has none).
     """
     layout = process_layout(os.environ if environ is None else environ)
-    if jax.distributed.is_initialized():  # a second run in the same process (a notebook)
+    is_initialized = getattr(jax.distributed, "is_initialized", None)  # newer JAX only
+    if is_initialized is not None and is_initialized():  # a second run in one process
         return
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+        # Older JAX leaves CPU processes without collectives, and their all-reduce fails.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if layout is None:
         try:
             jax.distributed.initialize()

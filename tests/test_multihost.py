@@ -224,3 +224,45 @@ def test_no_layout_and_no_cluster_manager_names_the_variables():
     assert done.returncode == 0, done.stderr[-2000:]
     for name in LAYOUT_VARS:
         assert name in done.stdout, done.stdout
+
+
+@pytest.fixture
+def fake_initialize(monkeypatch):
+    """Records what ``jax.distributed.initialize`` would be given, without joining anything."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    return calls
+
+
+def test_the_layout_given_by_hand_reaches_jax(fake_initialize):
+    environ = {
+        "JAX_COORDINATOR_ADDRESS": "host0:1234",
+        "RAM_JAX_NUM_PROCESSES": "3",
+        "RAM_JAX_PROCESS_ID": "2",
+    }
+    parallel.initialize_distributed(environ)
+    assert fake_initialize == [
+        dict(coordinator_address="host0:1234", num_processes=3, process_id=2)
+    ]
+
+
+def test_a_second_call_in_one_process_joins_nothing(fake_initialize, monkeypatch):
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    parallel.initialize_distributed({})
+    assert fake_initialize == []
+
+
+def test_cpu_collectives_are_switched_on_where_jax_has_none(fake_initialize):
+    field = "jax_cpu_collectives_implementation"
+    before = getattr(jax.config, field)
+    try:
+        jax.config.update(field, None)  # older JAX: None or "none"
+        parallel.initialize_distributed({})
+        assert getattr(jax.config, field) == "gloo"
+        jax.config.update(field, "mpi")  # a choice of the user's is kept
+        parallel.initialize_distributed({})
+        assert getattr(jax.config, field) == "mpi"
+    finally:
+        jax.config.update(field, before)
+    assert fake_initialize == [{}, {}]  # left to JAX's cluster detection
