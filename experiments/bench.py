@@ -249,10 +249,12 @@ def _train_span(
 ) -> TrainSpan:
     """A training span as ``train_and_evaluate`` builds it, on a synthetic dataset.
 
-    The one place that knows ``ram_jax.train``'s API for training: adapt it when that changes.
-    The span covers a whole "epoch" (``steps_per_epoch = num_steps``) of ``num_steps * batch``
-    synthetic images.
+    The step is ``train.make_train_chunk_for``'s, every option of ``config`` included, at
+    ``batch_size``. The span covers a whole "epoch" (``steps_per_epoch = num_steps``) of
+    ``num_steps * batch`` synthetic images.
     """
+    config = config.copy_and_resolve_references()
+    config.batch_size = batch_size
     model, spec = train.build_model(config), train.rollout_spec(config)
     optimizer = train.make_optimizer(config, num_steps)
     keys = train.run_keys(config.seed)
@@ -267,18 +269,18 @@ def _train_span(
     state = jax.jit(
         lambda key: train.init_train_state(model, spec, optimizer, key, (image_size, image_size))
     )(keys.init)
-    chunk = train.make_train_chunk(
+    if config.temporal_ensemble_weight > 0:  # as train_and_evaluate starts it: no averages yet
+        rows = (len(data.labels), config.num_classes + 1)
+        state = state.replace(soft_targets=jnp.zeros(rows, jnp.float32))
+    # The step training runs for this config, every option included; the canvases given.
+    chunk = train.make_train_chunk_for(
+        config,
         model,
         spec,
-        train.loss_weights(config),
         optimizer,
-        batch_size=batch_size,
         num_steps=num_steps,
         steps_per_epoch=num_steps,
-        max_shift=config.train_shift,
-        max_rotation_deg=config.train_rotation,
-        max_scale=config.train_scale,
-        image_margin=margin,
+        generate_canvases=False,
     )
     epoch, first_step = jnp.int32(0), jnp.int32(0)
     carry = train.LoopCarry(state, jnp.array(-1, jnp.int32))

@@ -57,6 +57,7 @@ __all__ = [
     "make_loss_fn",
     "make_optimizer",
     "make_train_chunk",
+    "make_train_chunk_for",
     "make_train_step",
     "over_replicates",
     "params_ema",
@@ -710,6 +711,53 @@ def make_train_chunk(
     return train_chunk
 
 
+def make_train_chunk_for(
+    config: ml_collections.ConfigDict,
+    model: Model,
+    spec: RolloutSpec,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_steps: int,
+    steps_per_epoch: int,
+    mesh: Mesh | None = None,
+    generate_canvases: bool = True,
+) -> Callable[..., tuple[LoopCarry, dict]]:
+    """``make_train_chunk`` with every training option read from ``config``.
+
+    The one place that maps config fields onto the step, so that ``train_and_evaluate`` and
+    ``experiments.bench`` run the same one. ``generate_canvases=False``: ``data`` already holds
+    a generated task's canvases, framed by ``training_image_margin`` (the bench's synthetic
+    ones), and the step does not make them.
+    """
+    task = get_task(config.task)
+    return make_train_chunk(
+        model,
+        spec,
+        loss_weights(config),
+        optimizer,
+        batch_size=config.batch_size,
+        num_steps=num_steps,
+        steps_per_epoch=steps_per_epoch,
+        max_shift=config.train_shift,
+        max_rotation_deg=config.train_rotation,
+        max_scale=config.train_scale,
+        mean_rollout_weight=config.mean_rollout_weight,
+        task=task if generate_canvases else None,
+        mesh=mesh,
+        rollouts_per_image=config.rollouts_per_image,
+        reward=config.reward,
+        dropout_rate=config.dropout,
+        advantage=config.advantage,
+        num_mean_episodes=mean_episodes_per_batch(config),
+        image_margin=training_image_margin(config, task),
+        loc_std_schedule=loc_std_schedule(config, steps_per_epoch),
+        intermediate_classification_weight=config.intermediate_classification_weight,
+        temporal_ensemble_weight=config.temporal_ensemble_weight,
+        temporal_ensemble_decay=config.temporal_ensemble_decay,
+        temporal_ensemble_episodes=config.temporal_ensemble_episodes,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Data
 
@@ -928,7 +976,7 @@ def train_and_evaluate(
     # Written once the data loaded: a run that failed before training binds the workdir to nothing.
     if writer:
         checkpoint.atomic_write_json(config_path, config_dict)
-    model, spec, weights = build_model(config), rollout_spec(config), loss_weights(config)
+    model, spec = build_model(config), rollout_spec(config)
     task = get_task(config.task)
     steps_per_epoch = len(data.train.labels) // config.batch_size
     optimizer = make_optimizer(config, steps_per_epoch)
@@ -977,31 +1025,14 @@ def train_and_evaluate(
     chunk = _chunk_steps(steps_per_epoch, config.steps_per_dispatch)
     train_chunk = jax.jit(
         over_replicates(
-            make_train_chunk(
+            make_train_chunk_for(
+                config,
                 model,
                 spec,
-                weights,
                 optimizer,
-                batch_size=config.batch_size,
                 num_steps=chunk,
                 steps_per_epoch=steps_per_epoch,
-                max_shift=config.train_shift,
-                max_rotation_deg=config.train_rotation,
-                max_scale=config.train_scale,
-                mean_rollout_weight=config.mean_rollout_weight,
-                task=task,
                 mesh=mesh,
-                rollouts_per_image=config.rollouts_per_image,
-                reward=config.reward,
-                dropout_rate=config.dropout,
-                advantage=config.advantage,
-                num_mean_episodes=mean_episodes_per_batch(config),
-                image_margin=training_image_margin(config, task),
-                loc_std_schedule=loc_std_schedule(config, steps_per_epoch),
-                intermediate_classification_weight=config.intermediate_classification_weight,
-                temporal_ensemble_weight=config.temporal_ensemble_weight,
-                temporal_ensemble_decay=config.temporal_ensemble_decay,
-                temporal_ensemble_episodes=config.temporal_ensemble_episodes,
             ),
             num_seeds,
             (0, None, 0, 0, None, None),

@@ -197,3 +197,44 @@ def test_bench_config_sets_and_checks_the_compute_dtype():
     assert bench.bench_config("mnist28")[0].compute_dtype == "float32"
     with pytest.raises(ValueError, match="compute_dtype"):
         bench.bench_config("mnist28", compute_dtype="float16")
+
+
+def test_the_timed_span_is_the_step_training_runs(monkeypatch):
+    # Every training option of the config reaches the step the bench times (as in
+    # train_and_evaluate, through train.make_train_chunk_for), at the span's batch size, on the
+    # bench's canvases (already framed by the training margin, not generated).
+    from ram_jax import train
+
+    class Built(Exception):
+        pass
+
+    seen = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(train, "make_train_chunk", recording)
+    config, image_size = bench.bench_config("cluttered100")
+    config.update(
+        patch_hidden=8,
+        location_hidden=8,
+        glimpse_features=16,
+        core_hidden=16,
+        intermediate_classification_weight=0.3,
+        temporal_ensemble_weight=1.0,
+        mean_episode_fraction=0.25,
+        train_rotation=10.0,
+    )
+    with pytest.raises(Built):
+        bench._train_span(config, image_size, batch_size=8, num_steps=2)
+    assert seen["batch_size"] == 8 and seen["num_steps"] == seen["steps_per_epoch"] == 2
+    assert seen["task"] is None
+    assert seen["image_margin"] == train.training_image_margin(
+        config, train.get_task("cluttered100")
+    )
+    assert seen["image_margin"] > 0
+    assert seen["intermediate_classification_weight"] == 0.3
+    assert seen["temporal_ensemble_weight"] == 1.0
+    assert seen["num_mean_episodes"] == 2
+    assert seen["max_rotation_deg"] == 10.0

@@ -21,9 +21,9 @@ from ram_jax import parallel
 
 def run_script(task: str) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+    # Only the device count: flags another test left in this process's environment (Eigen's
+    # products, say) would otherwise change the run with the order tests happen to run in.
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests" / "parallel_script.py"), task],
