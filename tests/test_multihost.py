@@ -35,7 +35,8 @@ def free_port() -> int:
 
 
 def launch(workdir, *args, processes: int = 2, devices_each: int = 2) -> list[tuple[dict, str]]:
-    """Runs the script as ``processes`` processes of one run; each one's (JSON report, stdout)."""
+    """Runs the script as ``processes`` processes of one run; for each, its JSON report and all
+    it printed (stdout, then stderr)."""
     env = {k: v for k, v in os.environ.items() if k not in LAYOUT_VARS}
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
@@ -63,7 +64,7 @@ def launch(workdir, *args, processes: int = 2, devices_each: int = 2) -> list[tu
             process.kill()
     for process, (_, err) in zip(running, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
-    return [(json.loads(out.strip().splitlines()[-1]), out) for out, _ in outputs]
+    return [(json.loads(out.strip().splitlines()[-1]), out + err) for out, err in outputs]
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +139,12 @@ def test_only_the_first_process_writes_and_reports(two_processes):
         "metrics.jsonl",
         "results.json",
     ]
-    # Gloo's own connection messages aside (printed by the library, not by ram_jax).
-    said = {
-        report["process_index"]: [
-            line for line in out.splitlines() if not line.startswith("[Gloo]")
-        ]
-        for report, out in runs
-    }
-    assert any(line.startswith("done: best epoch") for line in said[0])
-    assert len(said[1]) == 1, said[1]  # its JSON report alone
+    # What train_and_evaluate prints: progress with its ETA, the results, the time spent. (Gloo
+    # prints its own connection messages, which may break into other lines: not counted.)
+    marks = ("ETA ", "done: best epoch", "training time", "this process:")
+    printed = {report["process_index"]: out for report, out in runs}
+    assert all(mark in printed[0] for mark in marks), printed[0]
+    assert not any(mark in printed[1] for mark in marks), printed[1]
 
 
 def test_killed_run_resumes_on_both_processes_to_the_same_result(killed_and_resumed, two_processes):
