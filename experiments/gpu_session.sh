@@ -38,10 +38,10 @@ if [ "$1" = all ]; then
     # (BUILD_NOTES.md, "When a GPU is lent"; its tries changed in the eighteenth session):
     # `bench --quick`, then three tries at the 28x28 two-minute target, each one process of one
     # seed, its wall time from start to exit (results.json written) beside its log as
-    # NAME.process_ms: the CPU's ten-minute recipe (mnist28_ten_minutes.py: Adam, a classifier
-    # after every glimpse, soft targets from earlier episodes, 120 epochs), seeds 0 and 1, then
-    # the config file's SGD at batch 256 and learning rate 0.04 for 400 epochs, seed 0. Validation every fifth epoch and checkpoints every 60 s keep the work around
-    # the fused training spans small (on the H100 a 28x28 epoch trains in 0.2 s).
+    # NAME.process_ms: the CPU's ten-minute recipe (its config file, mnist28_ten_minutes.py),
+    # seeds 0 and 1, then mnist28.py's SGD at batch 256 and learning rate 0.04 for 400 epochs,
+    # seed 0. Validation every fifth epoch and checkpoints every 60 s keep the work around the
+    # fused training spans small (on the H100 a 28x28 epoch trains in 0.2 s).
     # Logs, metrics, results and best parameters are written under /tmp/res and packed into
     # $OUT/res.tgz after every job (the device tool returns at most 8 files of 16 MB); the orbax
     # checkpoints stay behind.
@@ -51,11 +51,11 @@ if [ "$1" = all ]; then
     timeout 50 python3 -m experiments.bench --quick --out_json="$res/bench.json" \
         --out_md="$res/bench.md" > "$res/bench.log" 2>&1
     pack
-    m28() {  # NAME, then overrides
-        local name=$1 t0
-        shift
+    m28() {  # NAME CONFIG_FILE, then overrides
+        local name=$1 config=$2 t0
+        shift 2
         t0=$(date +%s%N)
-        timeout 170 python3 -m experiments.train --config=experiments/configs/mnist28.py \
+        timeout 170 python3 -m experiments.train --config="experiments/configs/$config" \
             --config.data_backend=numpy --config.batch_size=256 --config.validate_every=5 \
             --config.checkpoint_every_s=60 --workdir="$res/$name" "$@" > "$res/$name.log" 2>&1
         status=$?
@@ -64,13 +64,9 @@ if [ "$1" = all ]; then
     }
     # The CPU's ten-minute recipe (mnist28_ten_minutes.py: 0.77-0.90% there), then SGD.
     for seed in 0 1; do
-        m28 "adam_te_e120_seed$seed" --config.optimizer=adam --config.learning_rate=2e-3 \
-            --config.location_lr_scale=1 --config.location_range=0.4 --config.loc_std=0.5 \
-            --config.train_rotation=10 --config.train_scale=0.1 \
-            --config.mean_episode_fraction=0.25 --config.intermediate_classification_weight=0.3 \
-            --config.temporal_ensemble_weight=1.0 --config.num_epochs=120 --config.seed="$seed"
+        m28 "adam_te_e120_seed$seed" mnist28_ten_minutes.py --config.seed="$seed"
     done
-    m28 sgd400_seed0 --config.learning_rate=0.04 --config.seed=0
+    m28 sgd400_seed0 mnist28.py --config.learning_rate=0.04 --config.seed=0
     tail -n 3 "$res"/*.log
     grep . "$res"/*.process_ms
     exit "$status"
